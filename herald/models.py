@@ -1,0 +1,250 @@
+"""The contract's records (Notification, Campaign, Status, DLQ) and their strict parsers.
+
+Parsing never guesses: anything off-contract raises ``ValidationError`` naming the field, so
+the caller can dead-letter the record with a precise reason.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import orjson
+
+from herald import states
+from herald.errors import ValidationError
+
+MAX_ID_LENGTH = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Contacts:
+    push_token: str | None = None
+    platform: str | None = None
+    phone: str | None = None
+    email: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    title: str | None = None
+    body: str | None = None
+    data: Mapping[str, str] = field(default_factory=dict)
+    template: str | None = None
+    vars: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    id: str
+    tenant_id: str
+    user_id: str
+    priority: str
+    channels: tuple[str, ...]
+    to: Contacts
+    content: Content
+    created_at: int
+    expires_at: int
+    seq: int | None = None
+    campaign_id: str | None = None
+    send_at: int | None = None
+
+    def is_expired(self, now_ms: int) -> bool:
+        return now_ms >= self.expires_at
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["channels"] = list(self.channels)
+        out["to"] = {k: v for k, v in out["to"].items() if v is not None}
+        out["content"] = {k: v for k, v in out["content"].items() if v not in (None, {})}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """One event on ``herald.status``: what happened to one notification, once."""
+    id: str
+    tenant_id: str
+    user_id: str
+    priority: str
+    state: str
+    at: int
+    channel: str | None = None
+    provider: str | None = None
+    attempt: int = 0
+    latency_ms: int | None = None
+    detail: str | None = None
+    campaign_id: str | None = None
+
+    @classmethod
+    def of(cls, n: Notification, state: str, at: int, **extra: Any) -> "Status":
+        return cls(id=n.id, tenant_id=n.tenant_id, user_id=n.user_id, priority=n.priority,
+                   state=state, at=at, campaign_id=n.campaign_id, **extra)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({k: v for k, v in asdict(self).items() if v is not None})
+
+
+def dead_letter(raw: bytes | str | Mapping, reason: str, stage: str, at: int) -> bytes:
+    """The DLQ record: the original record's fields plus ``reason``, ``stage`` and ``at``.
+
+    A record that was not a JSON object is kept whole, as text, under ``raw``.
+    """
+    original: Any = raw
+    if isinstance(raw, (bytes, str)):
+        try:
+            original = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            original = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    record = dict(original) if isinstance(original, Mapping) else {"raw": original}
+    record.update(reason=reason, stage=stage, at=at)
+    return orjson.dumps(record)
+
+
+# ---------------------------------------------------------------- field readers
+
+def _require(obj: Mapping, name: str) -> Any:
+    if name not in obj or obj[name] is None:
+        raise ValidationError(f"missing required field '{name}'", name, "missing_field")
+    return obj[name]
+
+
+def _string(obj: Mapping, name: str, *, required: bool = True, max_len: int = MAX_ID_LENGTH,
+            prefix: str = "") -> str | None:
+    if not required and obj.get(name) is None:
+        return None
+    value = _require(obj, name)
+    label = prefix + name
+    if not isinstance(value, str):
+        raise ValidationError(f"'{label}' must be a string, got {type(value).__name__}", label)
+    if not value.strip():
+        raise ValidationError(f"'{label}' must not be empty", label)
+    if len(value) > max_len:
+        raise ValidationError(f"'{label}' is longer than {max_len} characters", label)
+    return value
+
+
+def _epoch_ms(obj: Mapping, name: str, *, required: bool = True) -> int | None:
+    if not required and obj.get(name) is None:
+        return None
+    value = _require(obj, name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(f"'{name}' must be an integer epoch in milliseconds, got {value!r}",
+                              name)
+    if value <= 0:
+        raise ValidationError(f"'{name}' must be a positive epoch in milliseconds", name)
+    if value < 10**11:
+        raise ValidationError(f"'{name}' looks like seconds, not milliseconds: {value}", name)
+    return value
+
+
+def _object(obj: Mapping, name: str, *, required: bool) -> Mapping:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise ValidationError(f"missing required field '{name}'", name, "missing_field")
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValidationError(f"'{name}' must be an object, got {type(value).__name__}", name)
+    return value
+
+
+def _channels(obj: Mapping) -> tuple[str, ...]:
+    value = obj.get("channels")
+    if value is None:
+        return (states.PUSH,)
+    if not isinstance(value, list) or not value:
+        raise ValidationError("'channels' must be a non-empty list", "channels")
+    for ch in value:
+        if ch not in states.CHANNELS:
+            raise ValidationError(
+                f"unknown channel {ch!r} in 'channels' (known: {', '.join(sorted(states.CHANNELS))})",
+                "channels")
+    if len(set(value)) != len(value):
+        raise ValidationError("'channels' lists a channel twice", "channels")
+    return tuple(value)
+
+
+def _contacts(obj: Mapping) -> Contacts:
+    to = _object(obj, "to", required=False)
+    platform = _string(to, "platform", required=False, prefix="to.")
+    if platform is not None and platform not in states.PLATFORMS:
+        raise ValidationError(f"'to.platform' must be 'ios' or 'android', got {platform!r}",
+                              "to.platform")
+    return Contacts(
+        push_token=_string(to, "push_token", required=False, max_len=4096, prefix="to."),
+        platform=platform,
+        phone=_string(to, "phone", required=False, max_len=32, prefix="to."),
+        email=_string(to, "email", required=False, max_len=320, prefix="to."),
+    )
+
+
+def _content(obj: Mapping) -> Content:
+    c = _object(obj, "content", required=True)
+    data = c.get("data") or {}
+    if not isinstance(data, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise ValidationError("'content.data' must be an object of string values", "content.data")
+    variables = c.get("vars") or {}
+    if not isinstance(variables, Mapping):
+        raise ValidationError("'content.vars' must be an object", "content.vars")
+    content = Content(
+        title=_string(c, "title", required=False, max_len=1024, prefix="content."),
+        body=_string(c, "body", required=False, max_len=65536, prefix="content."),
+        data=dict(data), template=_string(c, "template", required=False, prefix="content."),
+        vars=dict(variables))
+    if content.body is None and content.template is None:
+        raise ValidationError("'content' needs a 'body' or a 'template'", "content.body",
+                              "missing_field")
+    return content
+
+
+# ---------------------------------------------------------------- parsers
+
+def load_object(raw: bytes | str) -> dict:
+    """Decode one JSON object, or raise ValidationError saying why not."""
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError(f"malformed JSON: {exc}", None, "malformed_json") from None
+    if not isinstance(obj, dict):
+        raise ValidationError(f"expected a JSON object, got {type(obj).__name__}", None,
+                              "not_an_object")
+    return obj
+
+
+def notification_from_dict(obj: Mapping, *, expected_priority: str | None = None,
+                           default_ttl_ms: int = 300_000) -> Notification:
+    """Validate one Notification; ``expected_priority`` is the class of the topic it came from."""
+    priority = obj.get("priority", expected_priority)
+    if priority not in states.PRIORITIES:
+        raise ValidationError(f"'priority' must be 'critical' or 'promotional', got {priority!r}",
+                              "priority")
+    if expected_priority is not None and priority != expected_priority:
+        raise ValidationError(
+            f"'priority' is {priority!r} but the record came in on the {expected_priority} topic",
+            "priority")
+    created_at = _epoch_ms(obj, "created_at")
+    expires_at = _epoch_ms(obj, "expires_at", required=priority == states.PROMOTIONAL)
+    if expires_at is None:
+        expires_at = created_at + default_ttl_ms
+    elif expires_at <= created_at:
+        raise ValidationError("'expires_at' must be later than 'created_at'", "expires_at")
+    seq = obj.get("seq")
+    if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
+        raise ValidationError(f"'seq' must be a non-negative integer, got {seq!r}", "seq")
+    send_at = _epoch_ms(obj, "send_at", required=False)
+    return Notification(
+        id=_string(obj, "id"), tenant_id=_string(obj, "tenant_id"),
+        user_id=_string(obj, "user_id"), priority=priority, channels=_channels(obj),
+        to=_contacts(obj), content=_content(obj), created_at=created_at, expires_at=expires_at,
+        seq=seq, campaign_id=_string(obj, "campaign_id", required=False), send_at=send_at)
+
+
+def parse_notification(raw: bytes | str, *, expected_priority: str | None = None,
+                       default_ttl_ms: int = 300_000) -> Notification:
+    """Bytes off Kafka → a valid Notification, or ValidationError with a precise reason."""
+    return notification_from_dict(load_object(raw), expected_priority=expected_priority,
+                                  default_ttl_ms=default_ttl_ms)

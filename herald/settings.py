@@ -1,0 +1,138 @@
+"""Herald's settings: one typed, immutable object from env vars and an optional TOML file.
+
+Precedence: explicit overrides > ``HERALD_*`` environment variables > the file named by
+``HERALD_CONFIG`` > defaults. Secrets are masked in ``repr`` so logs never show them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _secret() -> Any:
+    return field(default="", repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the local stack keeps its binaries, data, logs and pid files.
+    stack_dir: str = str(PROJECT_ROOT / ".stack")
+
+    # Kafka
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    kafka_controller_port: int = 19093
+    kafka_partitions: int = 4
+    topic_critical: str = "herald.critical"
+    topic_campaigns: str = "herald.campaigns"
+    topic_promo: str = "herald.promo"
+    topic_control: str = "herald.control"
+    topic_status: str = "herald.status"
+    topic_dlq: str = "herald.dlq"
+    consumer_group: str = "herald-delivery"
+
+    # Redis
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 16379
+
+    # Semantics
+    critical_default_ttl_ms: int = 300_000
+    max_id_length: int = 256
+
+    # Providers (base URLs are the only difference between the mocks and the real thing)
+    fcm_url: str = "http://127.0.0.1:18101"
+    fcm_project: str = "herald-dev"
+    fcm_access_token: str = _secret()
+    apns_url: str = "http://127.0.0.1:18102"
+    apns_topic: str = "dev.herald.app"
+    apns_key_id: str = "HERALDKEY1"
+    apns_team_id: str = "HERALDTEAM"
+    apns_private_key: str = _secret()
+    twilio_url: str = "http://127.0.0.1:18103"
+    twilio_account_sid: str = "ACherald0000000000000000000000000"
+    twilio_auth_token: str = _secret()
+    twilio_from: str = "+15550000000"
+    sendgrid_url: str = "http://127.0.0.1:18104"
+    sendgrid_api_key: str = _secret()
+    sendgrid_from: str = "herald@example.com"
+    provider_timeout_s: float = 10.0
+    provider_max_in_flight: int = 256
+
+    # Flink
+    flink_parallelism: int = 1
+    flink_checkpoint_interval_ms: int = 5_000
+    flink_rest_port: int = 8081
+    flink_python_mode: str = "thread"
+    flink_jars_dir: str = str(PROJECT_ROOT / ".stack" / "flink-jars")
+    flink_watermark_idle_ms: int = 1_000
+    flink_max_out_of_orderness_ms: int = 2_000
+
+    # Mocks (the local provider stand-ins)
+    mock_fcm_port: int = 18101
+    mock_apns_port: int = 18102
+    mock_twilio_port: int = 18103
+    mock_sendgrid_port: int = 18104
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.stack_dir) / "data"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.redis_host}:{self.redis_port}/0"
+
+    def topics(self) -> dict[str, str]:
+        """Every contract topic, by role."""
+        return {f.name[len("topic_"):]: getattr(self, f.name)
+                for f in fields(self) if f.name.startswith("topic_")}
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+    def __repr__(self) -> str:  # secrets masked
+        shown = ", ".join(
+            f"{f.name}={'***' if f.metadata.get('secret') and getattr(self, f.name) else repr(getattr(self, f.name))}"
+            for f in fields(self))
+        return f"Settings({shown})"
+
+
+def _coerce(kind: type, raw: Any, name: str) -> Any:
+    if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+        return raw
+    try:
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is bool:
+            return str(raw).lower() in ("1", "true", "yes", "on")
+        return str(raw)
+    except ValueError as exc:
+        raise ValueError(f"setting {name}: cannot read {raw!r} as {kind.__name__}") from exc
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from ``HERALD_<NAME>`` env vars and the optional ``HERALD_CONFIG`` TOML file."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    config_path = env.get("HERALD_CONFIG")
+    if config_path:
+        with open(config_path, "rb") as fh:
+            values.update(tomllib.load(fh))
+    for f in fields(Settings):
+        key = f"HERALD_{f.name.upper()}"
+        if key in env:
+            values[f.name] = env[key]
+    values.update(overrides)
+    known = {f.name: f for f in fields(Settings)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown settings: {', '.join(unknown)}")
+    kinds = {"int": int, "float": float, "str": str, "bool": bool}
+    typed = {name: _coerce(kinds[str(known[name].type)], raw, name) for name, raw in values.items()}
+    return Settings(**typed)
