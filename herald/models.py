@@ -183,11 +183,11 @@ def _contacts(obj: Mapping) -> Contacts:
 
 def _content(obj: Mapping) -> Content:
     c = _object(obj, "content", required=True)
-    data = c.get("data") or {}
+    data = {} if c.get("data") is None else c["data"]
     if not isinstance(data, Mapping) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
         raise ValidationError("'content.data' must be an object of string values", "content.data")
-    variables = c.get("vars") or {}
+    variables = {} if c.get("vars") is None else c["vars"]
     if not isinstance(variables, Mapping):
         raise ValidationError("'content.vars' must be an object", "content.vars")
     content = Content(
@@ -203,8 +203,10 @@ def _content(obj: Mapping) -> Content:
 
 # ---------------------------------------------------------------- parsers
 
-def load_object(raw: bytes | str) -> dict:
+def load_object(raw: bytes | str | None) -> dict:
     """Decode one JSON object, or raise ValidationError saying why not."""
+    if raw is None:
+        raise ValidationError("empty record: the Kafka value is null", None, "malformed_json")
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -136,3 +136,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     kinds = {"int": int, "float": float, "str": str, "bool": bool}
     typed = {name: _coerce(kinds[str(known[name].type)], raw, name) for name, raw in values.items()}
     return Settings(**typed)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``HERALD_*`` variables that rebuild ``settings`` in a child process (jobs, mocks)."""
+    return {f"HERALD_{f.name.upper()}": str(getattr(settings, f.name)) for f in fields(Settings)}
