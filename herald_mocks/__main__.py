@@ -16,14 +16,14 @@ from herald_mocks.core import ConfigError, MockConfig, MockState, now_epoch_ms
 from herald_mocks.server import MockServer
 
 
-def make_provider(name: str):
+def make_provider(name: str, apns_allow_http1: bool = False):
     """The wire-format half of a mock, by provider name."""
     if name == "fcm":
         from herald_mocks.fcm import FcmMock
         return FcmMock()
     if name == "apns":
         from herald_mocks.apns import ApnsMock
-        return ApnsMock()
+        return ApnsMock(allow_http1=apns_allow_http1)
     if name == "twilio":
         from herald_mocks.twilio import TwilioMock
         return TwilioMock()
@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--invalid", action="append", default=[], metavar="RECIPIENT",
                     help="token/number/email answered with the provider's permanent error")
     ap.add_argument("--invalid-file", metavar="FILE", help="one invalid recipient per line")
+    ap.add_argument("--apns-allow-http1", action="store_true",
+                    help="let the APNs mock answer /3/device/ over HTTP/1.1 too")
     ap.add_argument("--outage", metavar="START_S:DURATION_S[:503|refuse]",
                     help="an outage starting START_S seconds after start-up")
     args = ap.parse_args(argv)
@@ -94,7 +96,7 @@ async def serve(args: argparse.Namespace) -> None:
     for name in names:
         port = args.port if args.port is not None else getattr(settings, f"mock_{name}_port")
         log = args.log.replace("{provider}", name) if args.log else None
-        state = MockState(make_provider(name), config_from_args(args), log)
+        state = MockState(make_provider(name, args.apns_allow_http1), config_from_args(args), log)
         server = MockServer(state, args.host, port)
         await server.start()
         servers.append(server)

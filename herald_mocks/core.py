@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import sys
 import time
+import traceback
 from collections import deque
 from typing import Any, Callable
 from urllib.parse import parse_qs
@@ -272,12 +274,25 @@ class MockState:
         if len(window) < self.config.quota_rps:
             window.append(now_ms)
             return 0
+        if not window:  # quota 0: nothing is ever admitted
+            return 1
         return max(1, math.ceil((window[0] - horizon) / 1000))
 
     # ------------------------------------------------------------------ the request path
 
     def handle(self, req: Request) -> tuple[Reply, float]:
-        """Answer one request; the float is the added latency in seconds (0 for admin calls)."""
+        """Answer one request; the float is the added latency in seconds (0 for admin calls).
+
+        A bug in a mock answers 500 with the traceback rather than a dropped connection, which
+        Herald would take for a provider outage."""
+        try:
+            return self._handle(req)
+        except Exception:  # noqa: BLE001 - reported to the client and stderr, never swallowed
+            trace = traceback.format_exc()
+            print(trace, file=sys.stderr, flush=True)
+            return json_reply(500, {"error": "mock bug", "traceback": trace}), 0.0
+
+    def _handle(self, req: Request) -> tuple[Reply, float]:
         if req.path.startswith("/_mock/"):
             return self.admin(req), 0.0
         now_ms = time.time_ns() // 1_000_000
@@ -310,7 +325,8 @@ class MockState:
             self.accepted += 1
             record["message_id"] = message_id
             hid = p.herald_id
-            self.accepted_per_id[hid] = self.accepted_per_id.get(hid, 0) + 1
+            if hid is not None:
+                self.accepted_per_id[hid] = self.accepted_per_id.get(hid, 0) + 1
             sec = now_ms // 1000
             self.accepted_per_second[sec] = self.accepted_per_second.get(sec, 0) + 1
         else:
@@ -359,7 +375,7 @@ class MockState:
                 return json_reply(200, {"ok": True, "provider": self.provider.name})
         except orjson.JSONDecodeError as exc:
             return json_reply(400, {"error": f"malformed JSON: {exc}"})
-        except ConfigError as exc:
+        except ValueError as exc:  # ConfigError, or a bad number in the query string
             return json_reply(400, {"error": str(exc)})
         return json_reply(404, {"error": f"no admin endpoint {req.method} {req.path}"})
 
