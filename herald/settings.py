@@ -78,6 +78,10 @@ class Settings:
     mock_twilio_port: int = 18103
     mock_sendgrid_port: int = 18104
 
+    # Twilio posts delivery receipts here; Herald adds ``?herald_id=<id>`` to each message's
+    # StatusCallback so the receipt (and the mock's log) names the notification
+    twilio_status_callback_url: str = "http://127.0.0.1:8080/v1/callbacks/twilio"
+
     @property
     def data_dir(self) -> Path:
         return Path(self.stack_dir) / "data"
