@@ -1,0 +1,222 @@
+"""Each component of the local stack: how to install it, start it, check it and stop it."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from herald.settings import PROJECT_ROOT, Settings
+from herald_stack.processes import Managed, StackError, port_open, wait_until
+
+HERE = Path(__file__).resolve().parent
+PYFLINK_HOME = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
+    / "site-packages" / "pyflink"
+
+
+def _run(argv: list[str], what: str, **kw) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if done.returncode != 0:
+        raise StackError(f"{what} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+
+class Stack:
+    """The whole local stack, rooted at ``settings.stack_dir``."""
+
+    def __init__(self, settings: Settings):
+        self.s = settings
+        self.root = Path(settings.stack_dir)
+        self.run_dir = self.root / "run"
+        self.kafka = Managed("kafka", self.run_dir)
+        self.redis = Managed("redis", self.run_dir)
+        self.mocks = Managed("mocks", self.run_dir)
+        self.jobmanager = Managed("flink-jobmanager", self.run_dir)
+        self.taskmanager = Managed("flink-taskmanager", self.run_dir)
+
+    # ------------------------------------------------------------------ install
+    def install(self) -> None:
+        """Fetch the Java parts from Maven Central and Debian's redis-server, if missing."""
+        if not (self.root / "kafka-libs").is_dir() or not any((self.root / "flink-jars").glob("*.jar")):
+            if shutil.which("mvn") is None:
+                raise StackError("Maven (mvn) is needed to fetch Kafka and the Flink connector")
+            for profile in ("kafka", "connector"):
+                _run(["mvn", "-q", "-B", "-f", str(HERE / "pom.xml"), f"-P{profile}",
+                      f"-Dout.dir={self.root}", "package"], f"mvn -P{profile}")
+        if shutil.which("redis-server") is None:
+            _run(["apt-get", "update", "-qq"], "apt-get update")
+            _run(["apt-get", "install", "-y", "-qq", "redis-server"], "apt-get install redis-server",
+                 env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+    # ------------------------------------------------------------------ kafka
+    def _kafka_properties(self) -> Path:
+        host, port = self.s.kafka_bootstrap.rsplit(":", 1)
+        cport = self.s.kafka_controller_port
+        props = self.root / "kafka" / "server.properties"
+        props.parent.mkdir(parents=True, exist_ok=True)
+        props.write_text("\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@{host}:{cport}",
+            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{cport}",
+            f"advertised.listeners=PLAINTEXT://{host}:{port}",
+            "controller.listener.names=CONTROLLER",
+            "inter.broker.listener.name=PLAINTEXT",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            f"log.dirs={self.root / 'kafka' / 'data'}",
+            f"num.partitions={self.s.kafka_partitions}",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=4",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "group.initial.rebalance.delay.ms=0",
+            "auto.create.topics.enable=false",
+            "log.retention.hours=24",
+            "",
+        ]))
+        return props
+
+    def _kafka_java(self, main: str, *args: str) -> list[str]:
+        return ["java", "-Xms256m", "-Xmx768m", "-XX:+UseG1GC",
+                f"-Dlog4j2.configurationFile={HERE / 'log4j2.yaml'}",
+                "-cp", str(self.root / "kafka-libs" / "*"), main, *args]
+
+    def start_kafka(self) -> None:
+        host, port = self.s.kafka_bootstrap.rsplit(":", 1)
+        if self.kafka.running() and port_open(host, int(port)):
+            return
+        props = self._kafka_properties()
+        if not (self.root / "kafka" / "data" / "meta.properties").exists():
+            _run(self._kafka_java("kafka.tools.StorageTool", "format", "-t",
+                                  uuid.uuid4().hex[:22], "-c", str(props)), "kafka storage format")
+        proc = self.kafka.start(self._kafka_java("kafka.Kafka", str(props)))
+        wait_until(lambda: port_open(host, int(port)), "kafka", 90, proc, self.kafka.log)
+        self.create_topics()
+
+    def create_topics(self, names: list[str] | None = None, partitions: int | None = None) -> None:
+        """Create the contract's topics (or the given ones); existing topics are left alone."""
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        names = names or list(self.s.topics().values())
+        admin = None
+        wait_until(lambda: _admin_ready(self.s.kafka_bootstrap), "kafka admin", 60)
+        admin = KafkaAdminClient(bootstrap_servers=self.s.kafka_bootstrap, client_id="herald-stack")
+        try:
+            existing = set(admin.list_topics())
+            new = [NewTopic(n, partitions or self.s.kafka_partitions, 1) for n in names
+                   if n not in existing]
+            if new:
+                try:
+                    admin.create_topics(new)
+                except TopicAlreadyExistsError:
+                    pass
+        finally:
+            admin.close()
+
+    # ------------------------------------------------------------------ redis
+    def start_redis(self) -> None:
+        if self.redis.running() and port_open(self.s.redis_host, self.s.redis_port):
+            return
+        data = self.root / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        proc = self.redis.start(["redis-server", "--bind", self.s.redis_host,
+                                 "--port", str(self.s.redis_port), "--dir", str(data),
+                                 "--appendonly", "yes", "--appendfsync", "everysec",
+                                 "--save", "", "--daemonize", "no"])
+        wait_until(lambda: port_open(self.s.redis_host, self.s.redis_port), "redis", 30, proc,
+                   self.redis.log)
+
+    # ------------------------------------------------------------------ mocks
+    def start_mocks(self) -> None:
+        ports = [self.s.mock_fcm_port, self.s.mock_apns_port, self.s.mock_twilio_port,
+                 self.s.mock_sendgrid_port]
+        if self.mocks.running() and all(port_open("127.0.0.1", p) for p in ports):
+            return
+        logs = self.root / "mock-logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        proc = self.mocks.start([sys.executable, "-m", "herald_mocks", "--all",
+                                 "--log", str(logs / "{provider}.jsonl")], cwd=PROJECT_ROOT)
+        wait_until(lambda: all(port_open("127.0.0.1", p) for p in ports), "provider mocks", 30,
+                   proc, self.mocks.log)
+
+    # ------------------------------------------------------------------ flink
+    def flink_env(self) -> dict:
+        env = dict(os.environ)
+        env.update(FLINK_CONF_DIR=str(PROJECT_ROOT / "flink-conf"),
+                   FLINK_LOG_DIR=str(self.root / "flink-log"),
+                   PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
+        env.pop("FLINK_HOME", None)
+        return env
+
+    def flink_dynamic_props(self) -> list[str]:
+        ck = self.root / "flink" / "checkpoints"
+        sp = self.root / "flink" / "savepoints"
+        return ["-D", f"execution.checkpointing.dir=file://{ck}",
+                "-D", f"execution.checkpointing.savepoint-dir=file://{sp}",
+                "-D", f"rest.port={self.s.flink_rest_port}",
+                "-D", f"python.executable={sys.executable}",
+                "-D", f"python.client.executable={sys.executable}"]
+
+    def start_flink_cluster(self) -> None:
+        """A real standalone cluster from the Flink distribution that PyFlink ships."""
+        port = self.s.flink_rest_port
+        if self.jobmanager.running() and self.taskmanager.running() and port_open("127.0.0.1", port):
+            return
+        (self.root / "flink-log").mkdir(parents=True, exist_ok=True)
+        env = self.flink_env()
+        bin_dir = PYFLINK_HOME / "bin"
+        jm = self.jobmanager.start(["bash", str(bin_dir / "jobmanager.sh"), "start-foreground",
+                                    *self.flink_dynamic_props()], env=env)
+        wait_until(lambda: port_open("127.0.0.1", port), "flink jobmanager", 90, jm,
+                   self.jobmanager.log)
+        tm = self.taskmanager.start(["bash", str(bin_dir / "taskmanager.sh"), "start-foreground",
+                                     *self.flink_dynamic_props()], env=env)
+        wait_until(lambda: _flink_has_taskmanager(port), "flink taskmanager", 90, tm,
+                   self.taskmanager.log)
+
+    def flink_cli(self) -> list[str]:
+        return ["bash", str(PYFLINK_HOME / "bin" / "flink")]
+
+    # ------------------------------------------------------------------ all
+    def up(self, flink_cluster: bool = False, mocks: bool = True) -> None:
+        self.install()
+        self.start_redis()
+        self.start_kafka()
+        if mocks:
+            self.start_mocks()
+        if flink_cluster:
+            self.start_flink_cluster()
+
+    def down(self) -> list[str]:
+        stopped = []
+        for m in (self.taskmanager, self.jobmanager, self.mocks, self.kafka, self.redis):
+            if m.stop():
+                stopped.append(m.name)
+        return stopped
+
+    def status(self) -> dict[str, bool]:
+        return {m.name: m.running() for m in (self.kafka, self.redis, self.mocks,
+                                               self.jobmanager, self.taskmanager)}
+
+
+def _admin_ready(bootstrap: str) -> bool:
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+    try:
+        KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000).close()
+        return True
+    except (KafkaError, OSError, ValueError):
+        return False
+
+
+def _flink_has_taskmanager(port: int) -> bool:
+    import json
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/taskmanagers", timeout=2) as r:
+            return bool(json.load(r).get("taskmanagers"))
+    except OSError:
+        return False

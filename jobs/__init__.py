@@ -1,0 +1,1 @@
+"""Flink jobs: each exposes ``build_pipeline(...)`` and ``main()``; wiring only, no business rules."""

@@ -1,0 +1,53 @@
+-- Herald's Kafka tables. ${...} placeholders are filled from herald.settings by jobs/common.py.
+-- The record path stays in Java: the Kafka source reads raw bytes, the event time comes from
+-- the record's `created_at` (falling back to the Kafka timestamp for records that do not parse,
+-- so a malformed record still flows to the dead-letter topic instead of failing the job).
+
+CREATE TABLE critical_in (
+  k STRING,
+  v STRING,
+  kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+  user_id AS JSON_VALUE(v, '$.user_id'),
+  event_time AS COALESCE(TO_TIMESTAMP_LTZ(TRY_CAST(JSON_VALUE(v, '$.created_at') AS BIGINT), 3), kafka_ts),
+  WATERMARK FOR event_time AS event_time - INTERVAL '${max_out_of_orderness_s}' SECOND
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '${topic_critical}',
+  'properties.bootstrap.servers' = '${kafka_bootstrap}',
+  'properties.group.id' = '${consumer_group}-critical',
+  'scan.startup.mode' = '${startup_mode}',
+  'properties.auto.offset.reset' = 'earliest',
+  'scan.watermark.idle-timeout' = '${watermark_idle_ms} ms',
+  'key.format' = 'raw',
+  'key.fields' = 'k',
+  'value.format' = 'raw',
+  'value.fields-include' = 'EXCEPT_KEY'
+);
+
+CREATE TABLE status_out (
+  id STRING,
+  payload STRING
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '${topic_status}',
+  'properties.bootstrap.servers' = '${kafka_bootstrap}',
+  'sink.delivery-guarantee' = 'at-least-once',
+  'key.format' = 'raw',
+  'key.fields' = 'id',
+  'value.format' = 'raw',
+  'value.fields-include' = 'EXCEPT_KEY'
+);
+
+CREATE TABLE dlq_out (
+  id STRING,
+  payload STRING
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '${topic_dlq}',
+  'properties.bootstrap.servers' = '${kafka_bootstrap}',
+  'sink.delivery-guarantee' = 'at-least-once',
+  'key.format' = 'raw',
+  'key.fields' = 'id',
+  'value.format' = 'raw',
+  'value.fields-include' = 'EXCEPT_KEY'
+);

@@ -1,0 +1,43 @@
+"""Session fixtures: one real stack (Kafka, Redis, provider mocks) for the whole test run."""
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from herald.settings import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def stack(base_settings):
+    """Start what is not running yet; stop at the end only what this session started."""
+    from herald_stack.components import Stack
+    st = Stack(base_settings)
+    before = st.status()
+    st.up()
+    yield st
+    if os.environ.get("HERALD_KEEP_STACK") != "1":
+        for managed in (st.mocks, st.kafka, st.redis):
+            if not before.get(managed.name):
+                managed.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short id for this test: prefixes its topics, ids and consumer groups."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def test_settings(stack, base_settings, unique) -> Settings:
+    """Settings whose topics and consumer group belong to this test alone (created here)."""
+    topics = {f"topic_{role}": f"t{unique}.{name}" for role, name in base_settings.topics().items()}
+    settings = base_settings.replace(consumer_group=f"herald-{unique}", **topics)
+    stack.create_topics(list(settings.topics().values()))
+    return settings
