@@ -147,9 +147,21 @@ class Stack:
         env = dict(os.environ)
         env.update(FLINK_CONF_DIR=str(PROJECT_ROOT / "flink-conf"),
                    FLINK_LOG_DIR=str(self.root / "flink-log"),
+                   FLINK_LIB_DIR=str(self.flink_lib_dir()),
                    PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
         env.pop("FLINK_HOME", None)
         return env
+
+    def flink_lib_dir(self) -> Path:
+        """The distribution's lib/ plus opt/flink-python, as a cluster for Python jobs needs."""
+        lib = self.root / "flink-lib"
+        lib.mkdir(parents=True, exist_ok=True)
+        wanted = [*(PYFLINK_HOME / "lib").glob("*.jar"), *(PYFLINK_HOME / "opt").glob("flink-python-*.jar")]
+        for jar in wanted:
+            link = lib / jar.name
+            if not link.exists():
+                link.symlink_to(jar)
+        return lib
 
     def flink_dynamic_props(self) -> list[str]:
         ck = self.root / "flink" / "checkpoints"
