@@ -177,9 +177,9 @@ class Gate:
         emit: list[Notification] = []
         dropped: list[tuple[Notification, str]] = []
         skipped: list[tuple[int, int]] = []
-        if seq is None and ready:
-            emit.append(n)
         self._release(state, now_ms, cancelled, emit, dropped, skipped)
+        if seq is None and ready:
+            emit.append(n)  # after anything already due: that came earlier in the log
         verdict = EMIT if any(e is n for e in emit) else HOLD
         return self._decide(state, verdict, None, emit, dropped, skipped, now_ms)
 
@@ -277,7 +277,6 @@ class Gate:
             lowest = min(held)
             skipped.append((next_seq, lowest - 1))
             state.next_seq = lowest
-        return
 
     def _deadline(self, state: GateState, now_ms: int) -> int | None:
         """The earliest time anything held can change: an expiry, a send_at or a gap timeout."""
@@ -298,8 +297,8 @@ class Gate:
                 if next_seq is None:
                     wait_until = oldest + self.start_hold_ms
                 elif next_seq in held:
-                    head = held[next_seq]  # present, so it waits for its send_at
-                    wait_until = head[1].send_at if head is not _GONE and head[1].send_at else NEVER
+                    # _advance stopped at a present head: it is live and waits for its send_at
+                    wait_until = held[next_seq][1].send_at
                 else:
                     wait_until = oldest + self.gap_timeout_ms
                 if wait_until < earliest:

@@ -150,6 +150,13 @@ def test_scheduled_records_due_together_leave_in_arrival_order(gate):
     assert ids(gate.on_timer(state, T0 + 1_000)) == ["late", "early"]
 
 
+def test_due_scheduled_records_leave_before_a_later_arrival(gate):
+    state = gate.new_state()
+    gate.process(state, ntf("a", send_at=T0 + 100), T0)
+    d = gate.process(state, ntf("b"), T0 + 200)     # the timer at +100 has not fired yet
+    assert ids(d) == ["a", "b"] and d.verdict == EMIT
+
+
 def test_scheduled_record_expiring_before_release_is_dropped(gate):
     state = gate.new_state()
     gate.process(state, ntf("a", ttl=1_000, send_at=T0 + 500), T0)
