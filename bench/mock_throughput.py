@@ -1,0 +1,377 @@
+"""How fast the provider mocks answer, so we know they are never the bottleneck of a benchmark.
+
+Starts a mock (``python -m herald_mocks``) in one process and drives it from another with a lean
+keep-alive HTTP/1.1 load generator (C connections, one request in flight on each, no
+pipelining), bounded by a request count and a duration. Loopback only. Reports requests/s, the
+mock's own CPU use (from /proc, so "per core" is measured, not assumed), latency percentiles,
+and checks that the mock's log holds exactly as many records as the client sent.
+
+The APNs section compares two HTTP/2 clients against the APNs mock (our tiny h2 client and,
+when installed, httpx[http2]); that measurement is what herald/providers/apns.py cites.
+
+    .venv/bin/python bench/mock_throughput.py              # fcm, twilio, sendgrid; apns clients
+    .venv/bin/python bench/mock_throughput.py --providers fcm --no-apns --duration 8
+    BENCH_EXTRA_PATH=/tmp/httpx .venv/bin/python bench/mock_throughput.py   # httpx from a
+        # `pip install --target /tmp/httpx 'httpx[http2]'` dir, kept out of the venv
+
+Writes bench/results/mock_throughput.md and .json.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- request templates
+
+def fcm_request(port: int) -> tuple[bytes, bytes]:
+    body = (b'{"message":{"token":"bench-token-%(n)d","notification":{"title":"Your code",'
+            b'"body":"482913 is your code"},"data":{"herald_id":"bench-%(n)d"},'
+            b'"android":{"ttl":"30s","priority":"HIGH"}}}')
+    head = (b"POST /v1/projects/herald-dev/messages:send HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+            b"Authorization: Bearer bench\r\nContent-Type: application/json\r\n" % port)
+    return head, body
+
+
+def twilio_request(port: int) -> tuple[bytes, bytes]:
+    body = (b"To=%%2B1555%(n)07d&From=%%2B15550000000&Body=482913+is+your+code&StatusCallback="
+            b"http%%3A%%2F%%2F127.0.0.1%%3A8080%%2Fcb%%3Fherald_id%%3Dbench-%(n)d")
+    head = (b"POST /2010-04-01/Accounts/ACherald0000000000000000000000000/Messages.json HTTP/1.1"
+            b"\r\nHost: 127.0.0.1:%d\r\nAuthorization: Basic QUNoZXJhbGQ6dG9rZW4=\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n" % port)
+    return head, body
+
+
+def sendgrid_request(port: int) -> tuple[bytes, bytes]:
+    body = (b'{"personalizations":[{"to":[{"email":"u%(n)d@example.com"}]}],'
+            b'"from":{"email":"herald@example.com"},"subject":"Your code",'
+            b'"content":[{"type":"text/plain","value":"482913 is your code"}],'
+            b'"custom_args":{"herald_id":"bench-%(n)d"}}')
+    head = (b"POST /v3/mail/send HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+            b"Authorization: Bearer bench\r\nContent-Type: application/json\r\n" % port)
+    return head, body
+
+
+TEMPLATES = {"fcm": fcm_request, "twilio": twilio_request, "sendgrid": sendgrid_request}
+
+
+# ---------------------------------------------------------------- the load generator (child)
+
+class LoadConn(asyncio.Protocol):
+    """One keep-alive connection with one request in flight; counts answers by status."""
+
+    def __init__(self, gen: "LoadGen"):
+        self.gen = gen
+        self.buf = b""
+        self.t0 = 0.0
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.send()
+
+    def send(self):
+        gen = self.gen
+        if gen.sent >= gen.max_requests or time.perf_counter() >= gen.deadline:
+            self.transport.close()
+            return
+        gen.sent += 1
+        body = gen.body % {b"n": gen.sent}
+        self.t0 = time.perf_counter()
+        self.transport.write(gen.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    def data_received(self, data):
+        buf = self.buf + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            self.buf = buf
+            return
+        i = buf.find(b"Content-Length: ", 0, end)
+        length = int(buf[i + 16:buf.index(b"\r\n", i)]) if i >= 0 else 0
+        if len(buf) < end + 4 + length:
+            self.buf = buf
+            return
+        self.buf = buf[end + 4 + length:]
+        gen = self.gen
+        status = buf[9:12]
+        gen.statuses[status] = gen.statuses.get(status, 0) + 1
+        if gen.sample_every and gen.sent % gen.sample_every == 0:
+            gen.latencies.append(time.perf_counter() - self.t0)
+        gen.done += 1
+        self.send()
+
+    def connection_lost(self, exc):
+        self.gen.closed += 1
+        if self.gen.closed == self.gen.connections:
+            self.gen.finished.set()
+
+
+class LoadGen:
+    def __init__(self, port, provider, connections, max_requests, duration):
+        self.port, self.connections = port, connections
+        self.max_requests, self.duration = max_requests, duration
+        self.head, self.body = TEMPLATES[provider](port)
+        self.sent = self.done = self.closed = 0
+        self.statuses: dict[bytes, int] = {}
+        self.latencies: list[float] = []
+        self.sample_every = 7
+
+    async def run(self) -> dict:
+        loop = asyncio.get_running_loop()
+        self.finished = asyncio.Event()
+        self.deadline = time.perf_counter() + self.duration
+        t0 = time.perf_counter()
+        for _ in range(self.connections):
+            await loop.create_connection(lambda: LoadConn(self), "127.0.0.1", self.port)
+        await asyncio.wait_for(self.finished.wait(), self.duration + 30)
+        elapsed = time.perf_counter() - t0
+        lat = sorted(self.latencies)
+        pct = (lambda q: round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 3)) \
+            if lat else (lambda q: None)
+        return {"sent": self.sent, "answered": self.done, "elapsed_s": round(elapsed, 3),
+                "rps": round(self.done / elapsed, 1),
+                "statuses": {k.decode(): v for k, v in self.statuses.items()},
+                "latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": pct(1.0)}}
+
+
+def load_main(args) -> None:
+    gen = LoadGen(args.port, args.provider, args.connections, args.requests, args.duration)
+    print(json.dumps(asyncio.run(gen.run())))
+
+
+# ---------------------------------------------------------------- the driver (parent)
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def start_mock(provider: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "herald_mocks", "--provider", provider,
+                             "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()  # the readiness line; the child exits if it cannot listen
+    if "listening on" not in line:
+        proc.kill()
+        raise RuntimeError(f"mock {provider} did not start: {line!r}")
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def admin(port: int, method: str, path: str, body: bytes | None = None) -> dict:
+    import urllib.request
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=body, method=method)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def run_http1(provider: str, connections: int, requests: int, duration: float) -> dict:
+    proc, port = start_mock(provider)
+    try:
+        # warm-up: connections, caches, the allocator
+        subprocess.run([sys.executable, __file__, "--load", "--provider", provider, "--port",
+                        str(port), "--connections", str(connections), "--requests", "2000",
+                        "--duration", "2"], check=True, capture_output=True)
+        admin(port, "POST", "/_mock/reset", b"{}")
+        cpu0 = cpu_seconds(proc.pid)
+        out = subprocess.run([sys.executable, __file__, "--load", "--provider", provider,
+                              "--port", str(port), "--connections", str(connections),
+                              "--requests", str(requests), "--duration", str(duration)],
+                             check=True, capture_output=True, text=True)
+        cpu = cpu_seconds(proc.pid) - cpu0
+        result = json.loads(out.stdout)
+        stats = admin(port, "GET", "/_mock/stats")
+        result.update(provider=provider, connections=connections,
+                      mock_cpu_s=round(cpu, 3),
+                      mock_cpu_share=round(cpu / result["elapsed_s"], 3),
+                      rps_per_mock_cpu_s=round(result["answered"] / cpu, 1) if cpu else None,
+                      mock_logged=stats["received"], mock_accepted=stats["accepted"],
+                      log_exact=stats["received"] == result["answered"])
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# ---------------------------------------------------------------- APNs: HTTP/2 clients
+
+async def _apns_tiny(port: int, n: int, concurrency: int) -> float:
+    from herald_mocks.h2client import H2Client
+    client = await H2Client.connect("127.0.0.1", port)
+    sem = asyncio.Semaphore(concurrency)
+    headers, body = _apns_request(port)
+
+    async def one(i: int) -> int:
+        async with sem:
+            status, _, _ = await client.request("POST", f"/3/device/{i:064x}", headers, body)
+            return status
+
+    t0 = time.perf_counter()
+    statuses = await asyncio.gather(*(one(i) for i in range(n)))
+    elapsed = time.perf_counter() - t0
+    await client.close()
+    assert statuses.count(200) == n, statuses[:5]
+    return elapsed
+
+
+async def _apns_httpx(port: int, n: int, concurrency: int) -> float:
+    import httpx
+    sem = asyncio.Semaphore(concurrency)
+    headers, body = _apns_request(port)
+    async with httpx.AsyncClient(http1=False, http2=True,
+                                 base_url=f"http://127.0.0.1:{port}") as client:
+        async def one(i: int) -> int:
+            async with sem:
+                r = await client.post(f"/3/device/{i:064x}", headers=headers, content=body)
+                return r.status_code
+
+        t0 = time.perf_counter()
+        statuses = await asyncio.gather(*(one(i) for i in range(n)))
+        elapsed = time.perf_counter() - t0
+    assert statuses.count(200) == n, statuses[:5]
+    return elapsed
+
+
+def _apns_request(port: int) -> tuple[dict[str, str], bytes]:
+    """Headers and payload exactly as the APNs adapter builds them (a real ES256 token)."""
+    from herald.models import notification_from_dict
+    from herald.providers.apns import ApnsAdapter
+    from herald.settings import Settings
+    now = int(time.time() * 1000)
+    n = notification_from_dict({
+        "id": "bench", "tenant_id": "acme", "user_id": "u", "priority": "critical",
+        "to": {"push_token": "0" * 64, "platform": "ios"}, "created_at": now,
+        "content": {"title": "Your code", "body": "482913 is your code"}})
+    req = ApnsAdapter().build_request(n, n.to, Settings(apns_url=f"http://127.0.0.1:{port}"))
+    return dict(req.headers), req.body
+
+
+def apns_client_main(args) -> None:
+    fn = {"tiny-h2": _apns_tiny, "httpx": _apns_httpx}[args.apns_client]
+    elapsed = asyncio.run(fn(args.port, args.requests, args.connections))
+    print(json.dumps({"client": args.apns_client, "requests": args.requests,
+                      "concurrency": args.connections, "elapsed_s": round(elapsed, 3),
+                      "rps": round(args.requests / elapsed, 1)}))
+
+
+def run_apns_clients(requests: int, concurrency: int) -> list[dict]:
+    results = []
+    for client in ("tiny-h2", "httpx"):
+        if client == "httpx":
+            probe = subprocess.run([sys.executable, "-c", "import httpx, h2"],
+                                   capture_output=True, env=_env())
+            if probe.returncode:
+                results.append({"client": client, "skipped": "httpx[http2] not installed"})
+                continue
+        proc, port = start_mock("apns")
+        try:
+            cpu0_mock = cpu_seconds(proc.pid)
+            usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            child = subprocess.Popen([sys.executable, __file__, "--apns-client", client,
+                                      "--port", str(port), "--requests", str(requests),
+                                      "--connections", str(concurrency)],
+                                     stdout=subprocess.PIPE, text=True, env=_env())
+            out, _ = child.communicate(timeout=120)
+            usage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            client_cpu = round(usage1.ru_utime + usage1.ru_stime
+                               - usage0.ru_utime - usage0.ru_stime, 3)
+            result = json.loads(out)
+            result["mock_cpu_s"] = round(cpu_seconds(proc.pid) - cpu0_mock, 3)
+            result["client_cpu_s"] = client_cpu
+            results.append(result)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return results
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    extra = os.environ.get("BENCH_EXTRA_PATH")  # e.g. a --target dir holding httpx, not the venv
+    if extra:
+        env["PYTHONPATH"] = extra + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+# ---------------------------------------------------------------- report
+
+def write_report(results: list[dict], apns: list[dict], args) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "python": platform.python_version(), "cpus": os.cpu_count(),
+            "connections": args.connections, "max_requests": args.requests,
+            "duration_s": args.duration}
+    (RESULTS / "mock_throughput.json").write_text(
+        json.dumps({"meta": meta, "http1": results, "apns_clients": apns}, indent=2) + "\n")
+    lines = ["# Mock provider throughput", "",
+             f"{meta['when']}, Python {meta['python']}, {meta['cpus']} cores shared with the "
+             "load generator (a separate process). Keep-alive HTTP/1.1, one request in flight "
+             f"per connection, {args.connections} connections, at most {args.requests} "
+             f"requests or {args.duration} s. Command: `.venv/bin/python "
+             "bench/mock_throughput.py`.", "",
+             "| mock | requests | req/s | mock CPU share | req per mock CPU-second | "
+             "p50 ms | p99 ms | log exact |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['provider']} | {r['answered']} | {r['rps']:.0f} | "
+                     f"{r['mock_cpu_share']:.2f} | {r['rps_per_mock_cpu_s'] or 0:.0f} | "
+                     f"{r['latency_ms']['p50']} | {r['latency_ms']['p99']} | "
+                     f"{'yes' if r['log_exact'] else 'NO'} |")
+    lines += ["", "`req per mock CPU-second` is what one core gives the mock when the load "
+              "generator is not the limit; `mock CPU share` near 1.0 means the mock was "
+              "saturated, well below 1.0 means the client was the limit."]
+    if apns:
+        lines += ["", "## APNs over HTTP/2 (h2c): which client", "",
+                  f"One connection, {args.apns_concurrency} concurrent streams, "
+                  f"{args.apns_requests} requests.", "",
+                  "| client | req/s | elapsed s | client CPU s | mock CPU s |",
+                  "|---|---|---|---|---|"]
+        for r in apns:
+            if "skipped" in r:
+                lines.append(f"| {r['client']} | skipped: {r['skipped']} | | | |")
+            else:
+                lines.append(f"| {r['client']} | {r['rps']:.0f} | {r['elapsed_s']} | "
+                             f"{r['client_cpu_s']} | {r['mock_cpu_s']} |")
+    (RESULTS / "mock_throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--providers", default="fcm,twilio,sendgrid")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--requests", type=int, default=300_000)
+    ap.add_argument("--duration", type=float, default=5.0)
+    ap.add_argument("--apns-requests", type=int, default=8_000)
+    ap.add_argument("--apns-concurrency", type=int, default=100)
+    ap.add_argument("--no-apns", action="store_true")
+    # child modes
+    ap.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--apns-client", help=argparse.SUPPRESS)
+    ap.add_argument("--provider", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.load:
+        return load_main(args)
+    if args.apns_client:
+        return apns_client_main(args)
+    args.duration = min(args.duration, 20.0)  # the machine is shared: keep every run short
+    results = [run_http1(p, args.connections, args.requests, args.duration)
+               for p in args.providers.split(",") if p]
+    apns = [] if args.no_apns else run_apns_clients(args.apns_requests, args.apns_concurrency)
+    write_report(results, apns, args)
+
+
+if __name__ == "__main__":
+    main()
