@@ -334,7 +334,9 @@ def write_report(results: list[dict], apns: list[dict], args) -> None:
     if apns:
         lines += ["", "## APNs over HTTP/2 (h2c): which client", "",
                   f"One connection, {args.apns_concurrency} concurrent streams, "
-                  f"{args.apns_requests} requests.", "",
+                  f"{args.apns_requests} requests, the adapter's real headers and ES256 token. "
+                  "tiny-h2 is herald_mocks/h2client.py; httpx is httpx[http2] from "
+                  "BENCH_EXTRA_PATH (a `pip install --target` dir, kept out of the venv).", "",
                   "| client | req/s | elapsed s | client CPU s | mock CPU s |",
                   "|---|---|---|---|---|"]
         for r in apns:

@@ -2,7 +2,33 @@
 
 They exist so Herald's end-to-end tests and benchmarks can run with no network, while still
 exercising real status codes, real error bodies, throttling and outages. Each mock logs exactly
-what it accepted and rejected (``GET /_mock/log``), so tests can count deliveries per Herald id.
+what it accepted and rejected, so tests can count deliveries per Herald id and per second.
+
+    python -m herald_mocks --provider fcm --port 18101 [--log FILE] [--quota N] ...
+    python -m herald_mocks --all                    # four mocks, ports from Settings
+
+Admin API, on each mock's own port (HTTP/1.1; the APNs port also speaks h2c):
+
+    GET  /_mock/log[?what=accepted|rejected|all][&since=SEQ][&herald_id=ID][&limit=N]
+         → {"provider", "what", "count", "next_since", "records": [record, ...]}
+    GET  /_mock/rejected[?...]      same as what=rejected
+    GET  /_mock/stats   → {"provider", "received", "accepted", "rejected", "by_reason",
+                           "by_status", "accepted_unique_ids", "accepted_duplicate_ids",
+                           "max_accepted_per_second", "since_ms", "started_ms", "log_file",
+                           "config"}
+    GET  /_mock/rate    → {"provider", "accepted_per_second": {"<epoch s>": n}, "max"}
+    GET  /_mock/config  → config;  POST /_mock/config (partial config) → config
+    POST /_mock/reset   {} clears log and counters; {"config": true} also restores defaults
+    GET  /_mock/health  → {"ok": true, "provider"}
+
+A record: ``{"seq", "t_ms" (receive time, epoch ms), "provider", "result": "accepted" |
+"rejected", "herald_id", "to", "status", "message_id" (accepted) | "reason", "code"
+(rejected), "request": what was sent, ...provider fields}``. ``reason`` is one of outage,
+not_found, bad_method, unauthorized, bad_request, http1 (APNs), quota, random_failure,
+invalid_recipient. Config: ``{"quota_rps": int|null, "latency_ms", "latency_jitter_ms",
+"failure_rate", "seed", "invalid": [...], "outage": null | {"mode": "503"|"refuse",
+"start_ms", "end_ms"}}``; POST also takes ``invalid_add``/``invalid_remove`` and an outage as
+``{"mode", "start_in_s", "duration_s"}``.
 
 This package may import ``herald``; the ``herald`` core must never import it.
 """
