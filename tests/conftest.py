@@ -38,6 +38,6 @@ def unique() -> str:
 def test_settings(stack, base_settings, unique) -> Settings:
     """Settings whose topics and consumer group belong to this test alone (created here)."""
     topics = {f"topic_{role}": f"t{unique}.{name}" for role, name in base_settings.topics().items()}
-    settings = base_settings.replace(consumer_group=f"herald-{unique}", **topics)
+    settings = base_settings.replace(consumer_group=f"herald-{unique}", flink_rest_port=0, **topics)
     stack.create_topics(list(settings.topics().values()))
     return settings

@@ -62,7 +62,7 @@ MALFORMED = [
     ({"content": None}, "missing required field 'content'"),
     ({"content": {"title": "no body"}}, "'content' needs a 'body' or a 'template'"),
     ({"content": {"body": "x", "data": {"n": 1}}}, "'content.data' must be an object of string values"),
-    ({"expires_at": 1}, "'expires_at' must be an integer epoch"),
+    ({"expires_at": 1}, "'expires_at' looks like seconds, not milliseconds"),
     ({"seq": -4}, "'seq' must be a non-negative integer"),
     ({"id": "x" * 300}, "'id' is longer than 256 characters"),
 ]
