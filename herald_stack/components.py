@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -191,6 +192,20 @@ class Stack:
 
     def flink_cli(self) -> list[str]:
         return ["bash", str(PYFLINK_HOME / "bin" / "flink")]
+
+    def submit(self, job_file: str, env: dict[str, str] | None = None) -> str:
+        """`flink run -d -py JOB` against the standalone cluster; returns the job id."""
+        done = subprocess.run([*self.flink_cli(), "run", "-d", "-py", job_file],
+                              env={**self.flink_env(), **(env or {})}, cwd=PROJECT_ROOT,
+                              capture_output=True, text=True, timeout=300)
+        found = re.search(r"JobID ([0-9a-f]{32})", done.stdout)
+        if done.returncode != 0 or not found:
+            raise StackError(f"flink run -py {job_file} failed ({done.returncode}):\n"
+                             f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return found.group(1)
+
+    def cancel(self, job_id: str) -> None:
+        _run([*self.flink_cli(), "cancel", job_id], f"flink cancel {job_id}", env=self.flink_env())
 
     # ------------------------------------------------------------------ all
     def up(self, flink_cluster: bool = False, mocks: bool = True) -> None:
