@@ -219,7 +219,8 @@ class Stack:
 
     def down(self) -> list[str]:
         stopped = []
-        for m in (self.taskmanager, self.jobmanager, self.mocks, self.kafka, self.redis):
+        job = Managed("delivery-job", self.run_dir)
+        for m in (job, self.taskmanager, self.jobmanager, self.mocks, self.kafka, self.redis):
             if m.stop():
                 stopped.append(m.name)
         return stopped
