@@ -42,6 +42,11 @@ class Settings:
 
     # Semantics
     critical_default_ttl_ms: int = 300_000
+    # Per-user order: how long a gap in `seq` is held before moving on (and at a user's start).
+    gap_timeout_ms: int = 2_000
+    # Replays of an id within this window are caught by keyed state (the Redis marker, kept as
+    # long, catches re-sends after a restore from a checkpoint).
+    dedup_ttl_ms: int = 86_400_000
     max_id_length: int = 256
 
     # Providers (base URLs are the only difference between the mocks and the real thing)
@@ -81,6 +86,20 @@ class Settings:
     # Twilio posts delivery receipts here; Herald adds ``?herald_id=<id>`` to each message's
     # StatusCallback so the receipt (and the mock's log) names the notification
     twilio_status_callback_url: str = "http://127.0.0.1:8080/v1/callbacks/twilio"
+
+    # HTTP API (herald_api): ``python -m herald_api``
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    # Per-tenant Bearer keys, "key1:acme,key2:globex": each key acts for exactly one tenant
+    api_keys: str = _secret()
+    api_max_body_bytes: int = 1_048_576          # any request body; larger → 413
+    api_max_segment_bytes: int = 33_554_432      # PUT /v1/segments/{name} bodies (big id lists)
+    api_idempotency_ttl_s: int = 86_400          # Idempotency-Key / repeated id remembered this long
+    api_produce_timeout_s: float = 10.0          # acks=all produce; past it → 503, nothing promised
+
+    # Audit store (herald_api.audit): every Status event in Redis, kept this long after its last one
+    audit_consumer_group: str = "herald-audit"
+    audit_retention_s: int = 604_800
 
     @property
     def data_dir(self) -> Path:

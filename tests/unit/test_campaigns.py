@@ -1,0 +1,163 @@
+"""Campaign and cancel-control validation without a stack: every rule, with its precise reason."""
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from herald.campaigns import (CANCEL_CAMPAIGN, CancelCampaign, campaign_from_dict,
+                              cancel_from_dict, check_segment_name, parse_campaign)
+from herald.errors import ValidationError
+
+NOW = 1_764_000_000_000
+
+
+def campaign(**changes) -> dict:
+    base = {"campaign_id": "cmp-spring-sale", "tenant_id": "acme",
+            "audience": {"segment": "spring-buyers"}, "channels": ["push", "email"],
+            "content": {"title": "Sale", "body": "20% off"},
+            "created_at": NOW, "expires_at": NOW + 3_600_000, "send_at": NOW + 600_000}
+    base.update(changes)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def reason(obj, **kw) -> ValidationError:
+    with pytest.raises(ValidationError) as e:
+        campaign_from_dict(obj, **kw)
+    return e.value
+
+
+def test_the_contract_example_parses_to_every_field():
+    c = campaign_from_dict(campaign(), now_ms=NOW)
+    assert (c.campaign_id, c.tenant_id, c.audience.segment) == ("cmp-spring-sale", "acme",
+                                                                 "spring-buyers")
+    assert c.audience.user_ids is None and c.channels == ("push", "email")
+    assert (c.created_at, c.expires_at, c.send_at) == (NOW, NOW + 3_600_000, NOW + 600_000)
+    assert c.content.title == "Sale" and c.content.body == "20% off"
+
+
+def test_inline_user_ids_and_the_derived_recipient_id():
+    c = campaign_from_dict(campaign(audience={"user_ids": ["u-1", "u-2"]}))
+    assert c.audience.user_ids == ("u-1", "u-2") and c.audience.segment is None
+    assert c.recipient_id("u-2") == "cmp-spring-sale:u-2"
+
+
+def test_to_json_round_trips_through_the_parser():
+    for audience in ({"segment": "s1"}, {"user_ids": ["a", "b"]}):
+        c = campaign_from_dict(campaign(audience=audience, send_at=None))
+        again = parse_campaign(c.to_json())
+        assert again == c
+        assert "send_at" not in orjson.loads(c.to_json())
+
+
+def test_send_at_is_optional():
+    assert campaign_from_dict(campaign(send_at=None)).send_at is None
+
+
+@pytest.mark.parametrize("field", ["campaign_id", "tenant_id", "audience", "channels", "content",
+                                   "created_at", "expires_at"])
+def test_each_required_field_is_named_when_missing(field):
+    e = reason(campaign(**{field: None}))
+    assert e.code == "missing_field" and e.field == field
+    assert f"'{field}'" in e.message
+
+
+def test_an_already_expired_campaign_is_refused_with_both_times():
+    e = reason(campaign(), now_ms=NOW + 3_600_000)
+    assert (e.code, e.field) == ("expired", "expires_at")
+    assert "already expired" in e.message
+    assert "2025-11-24T17:00:00.000Z" in e.message  # expires_at, readable
+
+
+def test_a_campaign_in_the_future_is_not_expired():
+    campaign_from_dict(campaign(), now_ms=NOW + 3_599_999)
+
+
+@pytest.mark.parametrize("changes, field, words", [
+    ({"send_at": NOW + 3_600_000}, "send_at", "must be earlier than 'expires_at'"),
+    ({"expires_at": NOW}, "expires_at", "later than 'created_at'"),
+    ({"created_at": 1_764_000_000}, "created_at", "looks like seconds"),
+    ({"expires_at": "tomorrow"}, "expires_at", "integer epoch"),
+    ({"send_at": True}, "send_at", "integer epoch"),
+    ({"campaign_id": "a:b"}, "campaign_id", "must not contain ':'"),
+    ({"campaign_id": ""}, "campaign_id", "must not be empty"),
+    ({"campaign_id": 7}, "campaign_id", "must be a string"),
+    ({"campaign_id": "c" * 257}, "campaign_id", "longer than 256"),
+    ({"tenant_id": ["acme"]}, "tenant_id", "must be a string"),
+    ({"channels": []}, "channels", "non-empty list"),
+    ({"channels": ["fax"]}, "channels", "unknown channel 'fax'"),
+    ({"channels": ["push", "push"]}, "channels", "twice"),
+    ({"content": {"title": "no body"}}, "content.body", "needs a 'body' or a 'template'"),
+    ({"content": "hello"}, "content", "must be an object"),
+    ({"audience": "everyone"}, "audience", "must be an object"),
+    ({"audience": {}}, "audience", "exactly one of"),
+    ({"audience": {"segment": "s", "user_ids": ["u"]}}, "audience", "exactly one of"),
+    ({"audience": {"segmnt": "s"}}, "audience.segmnt", "unknown field(s) 'segmnt'"),
+    ({"audience": {"segment": "../etc"}}, "audience.segment", "1-128 characters"),
+    ({"audience": {"segment": 3}}, "audience.segment", "must be a string"),
+    ({"audience": {"user_ids": []}}, "audience.user_ids", "must not be empty"),
+    ({"audience": {"user_ids": "u-1"}}, "audience.user_ids", "must be a list"),
+    ({"audience": {"user_ids": ["u-1", 2]}}, "audience.user_ids", "'audience.user_ids[1]' must be a string"),
+    ({"audience": {"user_ids": ["u-1", " "]}}, "audience.user_ids", "must not be empty"),
+    ({"audience": {"user_ids": ["u-1", "u-1"]}}, "audience.user_ids", "lists user 'u-1' twice"),
+])
+def test_contract_violations_name_the_field_and_the_rule(changes, field, words):
+    e = reason(campaign(**changes))
+    assert e.field == field
+    assert words in e.message
+
+
+def test_derived_recipient_ids_must_fit_the_id_length():
+    cid = "c" * 200
+    campaign_from_dict(campaign(campaign_id=cid, audience={"user_ids": ["u" * 55]}))
+    e = reason(campaign(campaign_id=cid, audience={"user_ids": ["u" * 56]}))
+    assert e.field == "audience.user_ids" and "longer than 55" in e.message
+
+
+def test_undecodable_campaign_records_say_why():
+    with pytest.raises(ValidationError, match="malformed JSON"):
+        parse_campaign(b"{")
+    with pytest.raises(ValidationError, match="expected a JSON object"):
+        parse_campaign(b"[]")
+
+
+def test_cancel_control_record_round_trips():
+    cancel = CancelCampaign(campaign_id="cmp-1", tenant_id="acme", at=NOW)
+    doc = orjson.loads(cancel.to_json())
+    assert doc == {"kind": CANCEL_CAMPAIGN, "campaign_id": "cmp-1", "tenant_id": "acme", "at": NOW}
+    assert cancel_from_dict(doc) == cancel
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"kind": "quota"}, "kind"), ({"campaign_id": None}, "campaign_id"),
+    ({"tenant_id": ""}, "tenant_id"), ({"at": "now"}, "at"),
+])
+def test_cancel_control_violations(changes, field):
+    doc = {"kind": CANCEL_CAMPAIGN, "campaign_id": "cmp-1", "tenant_id": "acme", "at": NOW}
+    doc.update(changes)
+    with pytest.raises(ValidationError) as e:
+        cancel_from_dict({k: v for k, v in doc.items() if v is not None})
+    assert e.value.field == field
+
+
+@given(st.text(max_size=140))
+def test_segment_names_are_safe_for_keys_and_paths(name):
+    try:
+        check_segment_name(name)
+    except ValidationError:
+        return
+    assert "/" not in name and ":" not in name and not name.startswith(".")
+    assert 1 <= len(name) <= 128
+
+
+@given(st.dictionaries(st.sampled_from(["campaign_id", "tenant_id", "audience", "channels",
+                                        "content", "created_at", "expires_at", "send_at"]),
+                       st.none() | st.booleans() | st.integers() | st.text(max_size=5)
+                       | st.lists(st.text(max_size=3), max_size=3)
+                       | st.dictionaries(st.text(max_size=8), st.text(max_size=3), max_size=2)))
+def test_any_shape_either_parses_or_raises_validation_error(obj):
+    try:
+        campaign_from_dict(campaign(**obj), now_ms=NOW)
+    except ValidationError as e:
+        assert e.message and e.code
