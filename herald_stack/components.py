@@ -195,7 +195,8 @@ class Stack:
 
     def submit(self, job_file: str, env: dict[str, str] | None = None) -> str:
         """`flink run -d -py JOB` against the standalone cluster; returns the job id."""
-        done = subprocess.run([*self.flink_cli(), "run", "-d", "-py", job_file],
+        done = subprocess.run([*self.flink_cli(), "run", "-m", self.flink_address(), "-d",
+                               "-py", job_file],
                               env={**self.flink_env(), **(env or {})}, cwd=PROJECT_ROOT,
                               capture_output=True, text=True, timeout=300)
         found = re.search(r"JobID ([0-9a-f]{32})", done.stdout)
@@ -205,7 +206,11 @@ class Stack:
         return found.group(1)
 
     def cancel(self, job_id: str) -> None:
-        _run([*self.flink_cli(), "cancel", job_id], f"flink cancel {job_id}", env=self.flink_env())
+        _run([*self.flink_cli(), "cancel", "-m", self.flink_address(), job_id],
+             f"flink cancel {job_id}", env=self.flink_env())
+
+    def flink_address(self) -> str:
+        return f"127.0.0.1:{self.s.flink_rest_port}"
 
     # ------------------------------------------------------------------ all
     def up(self, flink_cluster: bool = False, mocks: bool = True) -> None:
