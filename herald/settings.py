@@ -71,6 +71,8 @@ class Settings:
     # Flink
     flink_parallelism: int = 1
     flink_checkpoint_interval_ms: int = 5_000
+    # Where the embedded job keeps its checkpoints ("" = <stack_dir>/flink/checkpoints).
+    flink_checkpoint_dir: str = ""
     flink_rest_port: int = 8081
     flink_python_mode: str = "thread"
     flink_jars_dir: str = str(PROJECT_ROOT / ".stack" / "flink-jars")

@@ -23,7 +23,17 @@ def connector_jars(settings: Settings) -> list[str]:
     return sorted(f"file://{p}" for p in jars_dir.glob("*.jar")) if jars_dir.is_dir() else []
 
 
-def make_environments(settings: Settings, job_name: str, *, checkpoint_dir: str | None = None,
+def checkpoint_dir(settings: Settings) -> Path:
+    return Path(settings.flink_checkpoint_dir or Path(settings.stack_dir) / "flink" / "checkpoints")
+
+
+def latest_checkpoint(settings: Settings) -> str | None:
+    """The newest completed checkpoint (one with _metadata) of any earlier run, or None."""
+    done = sorted(checkpoint_dir(settings).glob("*/chk-*/_metadata"), key=lambda p: p.stat().st_mtime)
+    return str(done[-1].parent) if done else None
+
+
+def make_environments(settings: Settings, job_name: str, *, restore_from: str | None = None,
                       parallelism: int | None = None):
     """A StreamExecutionEnvironment and its StreamTableEnvironment, configured from settings.
 
@@ -48,8 +58,9 @@ def make_environments(settings: Settings, job_name: str, *, checkpoint_dir: str 
     conf.set_string("execution.checkpointing.externalized-checkpoint-retention",
                     "RETAIN_ON_CANCELLATION")
     conf.set_string("state.backend.type", "hashmap")
-    ck = checkpoint_dir or str(Path(settings.stack_dir) / "flink" / "checkpoints")
-    conf.set_string("execution.checkpointing.dir", ck if "://" in ck else f"file://{ck}")
+    conf.set_string("execution.checkpointing.dir", f"file://{checkpoint_dir(settings)}")
+    if restore_from:
+        conf.set_string("execution.state-recovery.path", restore_from)
     conf.set_string("execution.buffer-timeout", "5 ms")
     conf.set_string("rest.bind-port", str(settings.flink_rest_port))
     conf.set_string("table.exec.source.idle-timeout", f"{settings.flink_watermark_idle_ms} ms")

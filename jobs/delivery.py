@@ -14,20 +14,20 @@ if __package__ in (None, ""):  # `flink run -py jobs/delivery.py` runs this file
 
 from herald import states
 from herald.settings import Settings, load_settings
-from jobs.common import make_environments, register_tables
+from jobs.common import latest_checkpoint, make_environments, register_tables
 
 
 def build_pipeline(env, t_env, settings: Settings) -> None:
     """Wire the critical delivery path; sources and sinks are the tables in sql/kafka_tables.sql."""
     from pyflink.common import Types
-    from operators.deliver import DeliverFunction
+    from operators.delivery import DeliveryFunction
     from operators.rows import DLQ_TAG, KEYED_PAYLOAD
 
     register_tables(t_env, "kafka_tables.sql", settings)
     critical = t_env.to_data_stream(t_env.from_path("critical_in"))
     delivered = (critical
                  .key_by(lambda r: r.user_id or r.k or "", key_type=Types.STRING())
-                 .process(DeliverFunction(settings, states.CRITICAL), output_type=KEYED_PAYLOAD)
+                 .process(DeliveryFunction(settings, states.CRITICAL), output_type=KEYED_PAYLOAD)
                  .name("deliver-critical").uid("deliver-critical"))
     statements = t_env.create_statement_set()
     statements.add_insert("status_out", t_env.from_data_stream(delivered))
@@ -38,9 +38,16 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parallelism", type=int, default=None)
+    parser.add_argument("--restore", metavar="PATH", default=None,
+                        help="a checkpoint or savepoint to start from ('latest': the newest"
+                             " retained checkpoint of an earlier run)")
     args, _ = parser.parse_known_args(argv)
     settings = load_settings()
-    env, t_env = make_environments(settings, "herald-delivery", parallelism=args.parallelism)
+    restore = latest_checkpoint(settings) if args.restore == "latest" else args.restore
+    if restore:
+        print(f"herald-delivery: restoring from {restore}", flush=True)
+    env, t_env = make_environments(settings, "herald-delivery", restore_from=restore,
+                                   parallelism=args.parallelism)
     build_pipeline(env, t_env, settings)
     env.execute("herald-delivery")
 

@@ -1,0 +1,680 @@
+"""A lean HTTP/1.1 client for the provider calls: keep-alive pools on ``asyncio.Protocol``.
+
+Why not aiohttp: per request it builds a request object, a response object, a stream reader
+and a task, which costs more CPU than the provider call itself once the record path is in Java
+(bench/results/call_stage.md has the numbers). Here a request is a bytes write and a parse of
+the answer, driven by callbacks; ``send_batch`` runs a whole list with one future, and chains
+requests that share a key (a user) so they reach the provider one after another, in list order.
+
+    client = HttpClient(max_connections=256, timeout_s=10)
+    answers = await client.send_batch(requests, max_in_flight=256, keys=user_ids)
+    # answers[i] is Response(status, headers, body) or an HttpClientError, in input order
+
+``BlockingBatchClient`` wraps it on an event loop it owns, for code that is not async (a pandas
+UDF, a Flink function's ``process_element``). HTTP/1.1 only: a ``ProviderRequest`` with
+``http2`` set (APNs) is answered with ``UnsupportedRequest``, never sent.
+"""
+from __future__ import annotations
+
+import asyncio
+import ssl as ssl_module
+from collections import deque
+from typing import Any, Callable, Hashable, NamedTuple, Sequence
+from urllib.parse import urlsplit
+
+from herald.errors import HeraldError
+from herald.providers.base import ProviderRequest
+
+MAX_HEAD_BYTES = 64 * 1024
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+_HEADERS_CACHE_SIZE = 1024
+
+
+class Response(NamedTuple):
+    """One answer; header names are lower case, repeated headers joined with ``", "``."""
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class HttpClientError(HeraldError):
+    """Root of the client's errors. Every one means: no usable answer for this request."""
+
+
+class ConnectError(HttpClientError):
+    """No connection could be made (refused, unreachable, TLS handshake, connect timeout):
+    the request was never written, so sending it again cannot duplicate it."""
+
+
+class RequestTimeout(HttpClientError, TimeoutError):
+    """No whole answer within ``timeout_s`` of writing the request; the provider may have
+    acted on it."""
+
+
+class ConnectionClosed(HttpClientError):
+    """The connection closed before a whole answer arrived; the provider may have acted on it."""
+
+
+class ProtocolError(HttpClientError):
+    """The answer was not HTTP/1.1 this client understands (or was larger than allowed)."""
+
+
+class UnsupportedRequest(HttpClientError):
+    """The request cannot go over this client (HTTP/2-only providers, a URL it cannot reach)."""
+
+
+class ChainHalted(HttpClientError):
+    """Not sent: an earlier request with the same key stopped its chain (``stop_chain``)."""
+
+
+Result = Response  # | HttpClientError, in send_batch's list
+
+
+# ---------------------------------------------------------------- one connection
+
+_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _TRAILERS, _UNTIL_CLOSE = range(6)
+
+
+class _Exchange:
+    """One request on its way: the bytes to write and whom to tell about the answer."""
+    __slots__ = ("data", "callback", "tag", "no_body", "pool")
+
+    def __init__(self, data: bytes, callback: Callable[[Any, Any], None], tag: Any,
+                 no_body: bool, pool: "_Pool"):
+        self.data = data
+        self.callback = callback
+        self.tag = tag
+        self.no_body = no_body
+        self.pool = pool
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection, one exchange at a time (no pipelining: an answer is read
+    before the next request is written, which is what keeps same-key requests in order)."""
+
+    __slots__ = ("pool", "transport", "buf", "ex", "state", "need", "status", "headers", "body",
+                 "keep", "deadline", "dead", "idle_since", "body_limit")
+
+    def __init__(self, pool: "_Pool"):
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.ex: _Exchange | None = None
+        self.state = _HEAD
+        self.need = 0
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body: bytearray | None = None
+        self.keep = True
+        self.deadline = 0.0
+        self.dead = False
+        self.idle_since = 0.0
+        self.body_limit = pool.client.max_body_bytes
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.ex is None:  # bytes nobody asked for: the server is confused
+            self._drop()
+            return
+        self.buf += data
+        try:
+            self._parse()
+        except (ProtocolError, ValueError, IndexError) as exc:
+            self._fail(exc if isinstance(exc, ProtocolError)
+                       else ProtocolError(f"malformed answer: {exc}"))
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost settles any exchange
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        ex = self.ex
+        if ex is not None:
+            if self.state == _UNTIL_CLOSE:
+                self._complete(bytes(self.body or b""))
+            else:
+                reason = f": {exc}" if exc else ""
+                self._fail(ConnectionClosed(f"connection closed before a whole answer{reason}"))
+        self.transport = None
+        self.pool.forget(self)
+
+    # -- the exchange
+
+    def send(self, ex: _Exchange, now: float) -> None:
+        self.ex = ex
+        self.state = _HEAD
+        self.deadline = now + self.pool.client.timeout_s
+        self.pool.client.busy.add(self)
+        self.transport.write(ex.data)
+
+    def _parse(self) -> None:
+        buf = self.buf
+        while True:
+            state = self.state
+            if state == _HEAD:
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > MAX_HEAD_BYTES:
+                        raise ProtocolError("answer head too large")
+                    return
+                lines = bytes(buf[:end]).split(b"\r\n")
+                del buf[:end + 4]
+                version, _, rest = lines[0].partition(b" ")
+                status = int(rest[:3])
+                if not version.startswith(b"HTTP/1."):
+                    raise ProtocolError(f"not an HTTP/1.x answer: {lines[0][:40]!r}")
+                headers: dict[str, str] = {}
+                for line in lines[1:]:
+                    name, sep, value = line.partition(b":")
+                    if not sep:
+                        raise ProtocolError(f"malformed header line {line[:40]!r}")
+                    key = name.strip().lower().decode("latin-1")
+                    text = value.strip().decode("latin-1")
+                    headers[key] = f"{headers[key]}, {text}" if key in headers else text
+                if 100 <= status < 200:  # 100 Continue and friends: the real answer follows
+                    continue
+                self.status = status
+                self.headers = headers
+                connection = headers.get("connection", "").lower()
+                self.keep = ("close" not in connection if version == b"HTTP/1.1"
+                             else "keep-alive" in connection)
+                if self.ex.no_body or status in (204, 304):
+                    self._complete(b"")
+                    return
+                encoding = headers.get("transfer-encoding")
+                if encoding is not None and "chunked" in encoding.lower():
+                    self.body = bytearray()
+                    self.state = _CHUNK_SIZE
+                elif "content-length" in headers:
+                    need = int(headers["content-length"])
+                    if need < 0 or need > self.body_limit:
+                        raise ProtocolError(f"bad or too large Content-Length {need}")
+                    if len(buf) >= need:  # the usual case: the whole answer in one read
+                        body = bytes(buf[:need])
+                        del buf[:need]
+                        self._complete(body)
+                        return
+                    self.need = need
+                    self.state = _LENGTH
+                    return
+                else:
+                    self.body = bytearray()
+                    self.keep = False
+                    self.state = _UNTIL_CLOSE
+            elif state == _LENGTH:
+                need = self.need
+                if len(buf) < need:
+                    return
+                body = bytes(buf[:need])
+                del buf[:need]
+                self._complete(body)
+                return
+            elif state == _CHUNK_SIZE:
+                eol = buf.find(b"\r\n")
+                if eol < 0:
+                    if len(buf) > 1024:
+                        raise ProtocolError("chunk size line too long")
+                    return
+                size = int(bytes(buf[:eol]).split(b";")[0].strip(), 16)
+                del buf[:eol + 2]
+                if size < 0 or len(self.body) + size > self.body_limit:
+                    raise ProtocolError("chunked body too large")
+                if size == 0:
+                    self.state = _TRAILERS
+                else:
+                    self.need = size
+                    self.state = _CHUNK_DATA
+            elif state == _CHUNK_DATA:
+                need = self.need
+                if len(buf) < need + 2:
+                    return
+                if buf[need:need + 2] != b"\r\n":
+                    raise ProtocolError("chunk not followed by CRLF")
+                self.body += buf[:need]
+                del buf[:need + 2]
+                self.state = _CHUNK_SIZE
+            elif state == _TRAILERS:
+                eol = buf.find(b"\r\n")
+                if eol < 0:
+                    if len(buf) > MAX_HEAD_BYTES:
+                        raise ProtocolError("trailers too large")
+                    return
+                del buf[:eol + 2]
+                if eol == 0:
+                    self._complete(bytes(self.body))
+                    return
+            else:  # _UNTIL_CLOSE: the body ends when the server closes
+                if len(self.body) + len(buf) > self.body_limit:
+                    raise ProtocolError("body too large")
+                self.body += buf
+                buf.clear()
+                return
+
+    def _complete(self, body: bytes) -> None:
+        ex = self.ex
+        self.ex = None
+        self.body = None
+        self.state = _HEAD
+        self.pool.client.busy.discard(self)
+        answer = Response(self.status, self.headers, body)
+        if self.keep and not self.buf and self.transport is not None:
+            self.pool.release(self)  # before the callback, so a chained request can reuse it
+        else:
+            self._drop()
+        ex.callback(ex.tag, answer)
+
+    def _fail(self, exc: HttpClientError) -> None:
+        ex = self.ex
+        self.ex = None
+        self.pool.client.busy.discard(self)
+        self._drop()
+        if ex is not None:
+            ex.callback(ex.tag, exc)
+
+    def timed_out(self) -> None:
+        self._fail(RequestTimeout(f"no answer within {self.pool.client.timeout_s} s"))
+
+    def _drop(self) -> None:
+        """Close for good; the pool stops counting it at once (not at connection_lost)."""
+        if self.transport is not None:
+            self.transport.abort() if self.ex is None and self.buf else self.transport.close()
+        self.pool.forget(self)
+
+
+# ---------------------------------------------------------------- one origin's pool
+
+class _Pool:
+    """Keep-alive connections to one origin: at most ``max_connections``, the most recently
+    used reused first; requests beyond that wait here in order."""
+
+    def __init__(self, client: "HttpClient", scheme: str, host: str, port: int):
+        self.client = client
+        self.host = host
+        self.port = port
+        self.ssl = client._ssl_for(scheme)
+        self.idle: list[_Connection] = []
+        self.open = 0  # connections alive or being made
+        self.waiting: deque[_Exchange] = deque()
+
+    def submit(self, ex: _Exchange) -> None:
+        idle = self.idle
+        loop = self.client.loop
+        while idle:
+            conn = idle.pop()
+            now = loop.time()
+            if conn.transport is None or conn.transport.is_closing():
+                self.forget(conn)
+                continue
+            if now - conn.idle_since > self.client.idle_timeout_s:
+                conn._drop()
+                continue
+            self.client.reused += 1
+            conn.send(ex, now)
+            return
+        if self.open < self.client.max_connections:
+            self.open += 1
+            loop.create_task(self._connect(ex))
+        else:
+            self.waiting.append(ex)
+
+    def release(self, conn: _Connection) -> None:
+        if self.waiting:
+            self.client.reused += 1
+            conn.send(self.waiting.popleft(), self.client.loop.time())
+        else:
+            conn.idle_since = self.client.loop.time()
+            self.idle.append(conn)
+
+    def forget(self, conn: _Connection) -> None:
+        if conn.dead:
+            return
+        conn.dead = True
+        self.open -= 1
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+        if self.waiting and self.open < self.client.max_connections:
+            self.open += 1
+            self.client.loop.create_task(self._connect(self.waiting.popleft()))
+
+    async def _connect(self, ex: _Exchange) -> None:
+        client = self.client
+        try:
+            _, conn = await asyncio.wait_for(
+                client.loop.create_connection(
+                    lambda: _Connection(self), self.host, self.port, ssl=self.ssl,
+                    server_hostname=self.host if self.ssl else None),
+                client.connect_timeout_s)
+        except (OSError, asyncio.TimeoutError, ssl_module.SSLError) as exc:
+            self.open -= 1
+            what = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+            ex.callback(ex.tag, ConnectError(f"cannot connect to {self.host}:{self.port}: {what}"))
+            if self.waiting and self.open < client.max_connections:
+                self.open += 1
+                client.loop.create_task(self._connect(self.waiting.popleft()))
+            return
+        client.connections_opened += 1
+        if client.closed:
+            conn._fail(ConnectionClosed("client closed"))
+            return
+        conn.send(ex, client.loop.time())
+
+    def close(self) -> None:
+        for conn in list(self.idle):
+            conn._drop()
+        while self.waiting:
+            ex = self.waiting.popleft()
+            ex.callback(ex.tag, ConnectionClosed("client closed"))
+
+
+# ---------------------------------------------------------------- the client
+
+class HttpClient:
+    """Keep-alive HTTP/1.1 to any number of origins, for ``ProviderRequest`` objects.
+
+    ``max_connections`` bounds each origin's pool; ``timeout_s`` is the longest wait for a
+    whole answer once a request is written (a request waiting for a free connection is not
+    timed); ``connect_timeout_s`` bounds making a connection; a connection idle longer than
+    ``idle_timeout_s`` is closed instead of reused (providers drop idle ones, and a write on a
+    half-closed connection fails). ``ssl_context`` is used for ``https`` origins (default:
+    ``ssl.create_default_context()``, which verifies the certificate and host name).
+
+    A failed request is reported, never retried here: whether a POST to a provider may be
+    sent again is the retry policy's decision, not the transport's.
+    One client belongs to one event loop (the first it is used on)."""
+
+    def __init__(self, *, max_connections: int = 256, timeout_s: float = 10.0,
+                 connect_timeout_s: float = 5.0, idle_timeout_s: float = 30.0,
+                 ssl_context: ssl_module.SSLContext | None = None,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        if timeout_s <= 0 or connect_timeout_s <= 0:
+            raise ValueError("timeouts must be positive")
+        self.max_connections = max_connections
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.max_body_bytes = max_body_bytes
+        self._ssl_context = ssl_context
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.busy: set[_Connection] = set()
+        self.closed = False
+        self.connections_opened = 0
+        self.reused = 0
+        self.requests = 0
+        self._pools: dict[tuple[str, str, int], _Pool] = {}
+        self._targets: dict[tuple[str, str], tuple[_Pool, bytes, bool]] = {}
+        self._header_bytes: dict[tuple, bytes] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tick = max(0.005, min(0.1, timeout_s / 4))
+
+    # -- public API
+
+    async def request(self, req: ProviderRequest) -> Response:
+        """Send one request; raises an ``HttpClientError`` when there is no answer."""
+        future = self._bind().create_future()
+
+        def settle(_tag: Any, result: Any) -> None:
+            if not future.done():
+                (future.set_exception if isinstance(result, BaseException)
+                 else future.set_result)(result)
+        self.submit(req, settle, None)
+        return await future
+
+    async def send_batch(self, requests: Sequence[ProviderRequest], max_in_flight: int = 256,
+                         keys: Sequence[Hashable | None] | None = None,
+                         stop_chain: Callable[[Any], bool] | None = None) -> list[Any]:
+        """Send every request, at most ``max_in_flight`` at once; answers in input order, each a
+        ``Response`` or an ``HttpClientError`` (a batch never raises for one bad call).
+
+        Requests whose ``keys`` entry is equal (and not None) form a chain: each is written only
+        after the previous one's answer arrived, so the provider sees them in list order. If
+        ``stop_chain(result)`` is true for a result, the rest of that chain is not sent and
+        gets ``ChainHalted`` (e.g. stop a user's later messages behind a retryable failure)."""
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        if keys is not None and len(keys) != len(requests):
+            raise ValueError("keys must be as long as requests")
+        loop = self._bind()
+        batch = _Batch(self, requests, max_in_flight, keys, stop_chain, loop.create_future())
+        if batch.remaining:
+            batch.pump()
+            await batch.done
+        return batch.results
+
+    def submit(self, req: ProviderRequest, callback: Callable[[Any, Any], None],
+               tag: Any = None) -> None:
+        """The callback form under both of the above: ``callback(tag, Response | error)`` is
+        called exactly once, possibly before this returns (for a request that cannot be sent).
+        Must be called on the client's loop."""
+        if self.loop is None:
+            self._bind()
+        self.requests += 1
+        try:
+            target = self._targets.get((req.method, req.url))
+            if target is None:
+                target = self._target(req)
+            pool, head, no_body = target
+            headers = req.headers
+            hkey = tuple(headers.items())
+            hbytes = self._header_bytes.get(hkey)
+            if hbytes is None:
+                hbytes = self._encode_headers(hkey)
+            body = req.body or b""
+        except (UnsupportedRequest, ValueError, UnicodeError, AttributeError) as exc:
+            callback(tag, exc if isinstance(exc, HttpClientError)
+                     else UnsupportedRequest(f"cannot send {req.method} {req.url}: {exc}"))
+            return
+        if self.closed:
+            callback(tag, ConnectionClosed("client closed"))
+            return
+        data = b"%s%sContent-Length: %d\r\n\r\n%s" % (head, hbytes, len(body), body)
+        pool.submit(_Exchange(data, callback, tag, no_body, pool))
+        if self._sweeper is None:
+            self._sweeper = self.loop.call_later(self._tick, self._sweep)
+
+    async def close(self) -> None:
+        """Close every connection; requests still waiting for one get ``ConnectionClosed``."""
+        self.closed = True
+        for conn in list(self.busy):
+            conn._fail(ConnectionClosed("client closed"))
+        for pool in self._pools.values():
+            pool.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        await asyncio.sleep(0)  # let the transports finish closing
+
+    def stats(self) -> dict:
+        """Counters: requests submitted, connections opened, requests sent on a reused one."""
+        return {"requests": self.requests, "connections_opened": self.connections_opened,
+                "reused": self.reused,
+                "open": sum(p.open for p in self._pools.values()),
+                "idle": sum(len(p.idle) for p in self._pools.values())}
+
+    # -- internals
+
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self.loop is None:
+            self.loop = loop
+        elif self.loop is not loop:
+            raise RuntimeError("an HttpClient is used on one event loop only")
+        return loop
+
+    def _ssl_for(self, scheme: str) -> ssl_module.SSLContext | None:
+        if scheme != "https":
+            return None
+        if self._ssl_context is None:
+            self._ssl_context = ssl_module.create_default_context()
+        return self._ssl_context
+
+    def _target(self, req: ProviderRequest) -> tuple[_Pool, bytes, bool]:
+        if req.http2:
+            raise UnsupportedRequest(f"{req.url} needs HTTP/2; this client speaks HTTP/1.1")
+        parts = urlsplit(req.url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise UnsupportedRequest(f"not an http(s) URL: {req.url!r}")
+        port = parts.port or (443 if scheme == "https" else 80)
+        origin = (scheme, parts.hostname, port)
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = _Pool(self, scheme, parts.hostname, port)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        default_port = port == (443 if scheme == "https" else 80)
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        host_header = host if default_port else f"{host}:{port}"
+        head = f"{req.method} {path} HTTP/1.1\r\nHost: {host_header}\r\n".encode("ascii")
+        target = (pool, head, req.method == "HEAD")
+        if len(self._targets) >= _HEADERS_CACHE_SIZE:
+            self._targets.clear()
+        self._targets[(req.method, req.url)] = target
+        return target
+
+    def _encode_headers(self, items: tuple) -> bytes:
+        lines = []
+        for name, value in items:
+            lower = name.lower()
+            if lower in ("host", "content-length", "transfer-encoding", "connection"):
+                continue  # the client writes these itself
+            if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+                raise ValueError(f"header {name!r} holds a line break")
+            lines.append(f"{name}: {value}\r\n")
+        encoded = "".join(lines).encode("latin-1")
+        if len(self._header_bytes) >= _HEADERS_CACHE_SIZE:
+            self._header_bytes.clear()
+        self._header_bytes[items] = encoded
+        return encoded
+
+    def _sweep(self) -> None:
+        """Fail the exchanges past their deadline; runs every tick while any is in flight."""
+        self._sweeper = None
+        if self.busy:
+            now = self.loop.time()
+            for conn in [c for c in self.busy if c.deadline <= now]:
+                conn.timed_out()
+        if self.busy or any(p.waiting for p in self._pools.values()):
+            self._sweeper = self.loop.call_later(self._tick, self._sweep)
+
+
+class _Batch:
+    """``send_batch``'s bookkeeping: the ready queue, per-key chains, results, one future."""
+
+    __slots__ = ("client", "requests", "max_in_flight", "stop_chain", "done", "results",
+                 "next_of", "ready", "remaining", "in_flight", "pumping")
+
+    def __init__(self, client: HttpClient, requests: Sequence[ProviderRequest],
+                 max_in_flight: int, keys: Sequence[Hashable | None] | None,
+                 stop_chain: Callable[[Any], bool] | None, done: asyncio.Future):
+        self.client = client
+        self.requests = requests
+        self.max_in_flight = max_in_flight
+        self.stop_chain = stop_chain
+        self.done = done
+        n = len(requests)
+        self.results: list[Any] = [None] * n
+        self.remaining = n
+        self.in_flight = 0
+        self.pumping = False
+        if keys is None:
+            self.next_of = None
+            self.ready = deque(range(n))
+        else:  # each key's requests form a linked list; only the head of each is ready
+            next_of = [-1] * n
+            last: dict[Hashable, int] = {}
+            ready = deque()
+            for i, key in enumerate(keys):
+                if key is None:
+                    ready.append(i)
+                    continue
+                j = last.get(key)
+                if j is None:
+                    ready.append(i)
+                else:
+                    next_of[j] = i
+                last[key] = i
+            self.next_of = next_of
+            self.ready = ready
+
+    def pump(self) -> None:
+        if self.pumping:  # a callback fired inside submit(): the outer loop goes on
+            return
+        self.pumping = True
+        try:
+            ready, requests, submit, finish = self.ready, self.requests, self.client.submit, \
+                self.finish
+            while self.in_flight < self.max_in_flight and ready:
+                i = ready.popleft()
+                self.in_flight += 1
+                submit(requests[i], finish, i)
+        finally:
+            self.pumping = False
+
+    def finish(self, i: int, result: Any) -> None:
+        self.results[i] = result
+        self.remaining -= 1
+        self.in_flight -= 1
+        next_of = self.next_of
+        if next_of is not None:
+            j = next_of[i]
+            if j >= 0:
+                if self.stop_chain is not None and self.stop_chain(result):
+                    while j >= 0:
+                        self.results[j] = ChainHalted(f"not sent: request {i} of the same key "
+                                                      "stopped the chain")
+                        self.remaining -= 1
+                        j = next_of[j]
+                else:
+                    self.ready.appendleft(j)  # chains are the batch's critical path: first
+        if self.remaining == 0:
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        self.pump()
+
+
+class BlockingBatchClient:
+    """An ``HttpClient`` on an event loop this object owns, for callers that are not async:
+    each ``send_batch`` runs the loop until the whole batch is answered. uvloop is used when
+    installed and ``use_uvloop`` is not False."""
+
+    def __init__(self, *, use_uvloop: bool | None = None, **client_options: Any):
+        self.loop = new_event_loop(use_uvloop)
+        self.client = HttpClient(**client_options)
+
+    @property
+    def loop_name(self) -> str:
+        return type(self.loop).__module__.split(".")[0]
+
+    def send_batch(self, requests: Sequence[ProviderRequest], max_in_flight: int = 256,
+                   keys: Sequence[Hashable | None] | None = None,
+                   stop_chain: Callable[[Any], bool] | None = None) -> list[Any]:
+        return self.loop.run_until_complete(
+            self.client.send_batch(requests, max_in_flight, keys, stop_chain))
+
+    def request(self, req: ProviderRequest) -> Response:
+        return self.loop.run_until_complete(self.client.request(req))
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.run_until_complete(self.client.close())
+            self.loop.close()
+
+
+def new_event_loop(use_uvloop: bool | None = None) -> asyncio.AbstractEventLoop:
+    """uvloop's loop when asked for (True: required; None: if installed), else asyncio's."""
+    if use_uvloop is not False:
+        try:
+            import uvloop
+        except ImportError:
+            if use_uvloop:
+                raise
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
