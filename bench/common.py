@@ -1,0 +1,227 @@
+"""What the benchmarks share: a provider mock in its own process, CPU accounting from /proc,
+FCM requests built by the real adapter, the mock's log read back as latencies, percentiles.
+
+Loopback only; every mock started here is stopped by the same ``with`` block.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (its threads included), from /proc."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and every live descendant (a Flink client, its JVM, the
+    Python workers it forks)."""
+    total = 0.0
+    for p in [pid, *descendants(pid)]:
+        try:
+            total += cpu_seconds(p)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def bench_env(extra_path: str | None = None) -> dict:
+    """The environment for a benchmark child: the venv's bin first on PATH (thread mode embeds
+    the interpreter found there), plus an optional extra import dir (uvloop, pycurl, curl-cffi
+    installed with ``pip install --target``, kept out of the venv)."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    paths = [str(ROOT)]
+    extra = extra_path or os.environ.get("BENCH_EXTRA_PATH")
+    if extra:
+        paths.append(extra)
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+class Mock:
+    """``python -m herald_mocks --provider P --port 0`` in its own process, logging to a file
+    (the file, not ``/_mock/log``, is read back: 300k records are 170 MB of JSON)."""
+
+    def __init__(self, provider: str = "fcm", latency_ms: float = 0.0):
+        self.provider = provider
+        self.dir = tempfile.TemporaryDirectory(prefix="herald-bench-")
+        self.log_path = Path(self.dir.name) / f"{provider}.jsonl"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "herald_mocks", "--provider", provider, "--port", "0",
+             "--latency-ms", str(latency_ms), "--log", str(self.log_path)],
+            cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"mock {provider} did not start: {line!r}")
+        self.port = int(line.rsplit(":", 1)[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def admin(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.url}/_mock/{path}", data=data, method=method)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def stats(self) -> dict:
+        return self.admin("GET", "stats")
+
+    def reset(self) -> None:
+        self.admin("POST", "reset", {})
+
+    def configure(self, **changes) -> dict:
+        return self.admin("POST", "config", changes)
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def records(self) -> list[dict]:
+        """Every logged request, from the log file (flushed through the stats call first)."""
+        self.stats()
+        time.sleep(0.05)  # the mock flushes its log every 20 ms
+        with open(self.log_path, "rb") as fh:
+            return [orjson.loads(line) for line in fh if line.strip()]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc.stdout.close()
+        self.dir.cleanup()
+
+    def __enter__(self) -> "Mock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def fcm_settings(url: str):
+    from herald.settings import Settings
+    return Settings(fcm_url=url)
+
+
+def notification(i: int, user: str, created_at: int):
+    """A valid critical push notification whose ``content.data.c`` carries ``created_at``,
+    so the mock's log gives the added latency of each call."""
+    from herald.models import Contacts, Content, Notification
+    return Notification(
+        id=f"b-{i}", tenant_id="acme", user_id=user, priority="critical", channels=("push",),
+        to=Contacts(push_token=f"tok-{user}", platform="android"),
+        content=Content(title="Your code", body="482913 is your code",
+                        data={"c": str(created_at)}),
+        created_at=created_at, expires_at=created_at + 300_000)
+
+
+def fcm_requests(url: str, n: int, users: int, created_at: int | None = None) -> tuple[list, list]:
+    """``n`` FCM requests built by the real adapter, and their user keys."""
+    from herald.providers.registry import Registry
+    adapter = Registry().for_channel("push", "android")
+    settings = fcm_settings(url)
+    now = created_at or time.time_ns() // 1_000_000
+    reqs, keys = [], []
+    for i in range(n):
+        user = f"u{i % users}"
+        note = notification(i, user, now)
+        reqs.append(adapter.build_request(note, note.to, settings, now_ms=now))
+        keys.append(user)
+    return reqs, keys
+
+
+def added_latencies(records: list[dict]) -> list[int]:
+    """Per accepted call: the mock's receive time minus the record's ``created_at``, in ms."""
+    out = []
+    for r in records:
+        if r.get("result") != "accepted":
+            continue
+        data = (r.get("request") or {}).get("data") or {}
+        c = data.get("c")
+        if c is not None:
+            out.append(r["t_ms"] - int(c))
+    return out
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def exactness(records: list[dict], expected: int) -> dict:
+    """How many calls the mock saw, accepted, and how many ids it saw more than once."""
+    seen: dict[str, int] = {}
+    accepted = 0
+    for r in records:
+        if r.get("result") == "accepted":
+            accepted += 1
+            hid = r.get("herald_id")
+            seen[hid] = seen.get(hid, 0) + 1
+    return {"expected": expected, "received": len(records), "accepted": accepted,
+            "unique_ids": len(seen), "repeated_ids": sum(1 for v in seen.values() if v > 1),
+            "exact": accepted == expected and len(seen) == expected}
+
+
+def per_user_order_ok(records: list[dict]) -> bool:
+    """True if, for every user, the mock received that user's ids in increasing index order."""
+    last: dict[str, int] = {}
+    for r in sorted(records, key=lambda r: r["seq"]):
+        to = r.get("to")
+        hid = r.get("herald_id") or ""
+        try:
+            index = int(hid.rsplit("-", 1)[1])
+        except (IndexError, ValueError):
+            continue
+        if index < last.get(to, -1):
+            return False
+        last[to] = index
+    return True
+
+
+def machine() -> dict:
+    import platform
+    load = os.getloadavg()
+    return {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "python": platform.python_version(), "cpus": os.cpu_count(),
+            "loadavg_1m_at_start": round(load[0], 2)}
