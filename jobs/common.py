@@ -63,6 +63,8 @@ def make_environments(settings: Settings, job_name: str, *, restore_from: str | 
         conf.set_string("execution.state-recovery.path", restore_from)
     conf.set_string("execution.buffer-timeout", "5 ms")
     conf.set_string("rest.bind-port", str(settings.flink_rest_port))
+    # The embedded MiniCluster: a slot per slot sharing group (sources, critical, promotional).
+    conf.set_string("taskmanager.numberOfTaskSlots", "8")
     conf.set_string("table.exec.source.idle-timeout", f"{settings.flink_watermark_idle_ms} ms")
     # Python bundles: small, so a critical record never waits for a bundle to fill.
     conf.set_string("python.fn-execution.bundle.size", "1000")

@@ -1,4 +1,4 @@
-"""Herald's delivery job: Kafka (critical) → parse/validate → key by user → provider → status.
+"""Herald's delivery job: Kafka (critical, promo) → parse → gate per user → provider → status.
 
 Run embedded:   python -m jobs.delivery
 On a cluster:   flink run -py jobs/delivery.py   (the connector jar from .stack/flink-jars)
@@ -24,14 +24,17 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
     from operators.rows import DLQ_TAG, KEYED_PAYLOAD
 
     register_tables(t_env, "kafka_tables.sql", settings)
-    critical = t_env.to_data_stream(t_env.from_path("critical_in"))
-    delivered = (critical
-                 .key_by(lambda r: r.user_id or r.k or "", key_type=Types.STRING())
-                 .process(DeliveryFunction(settings, states.CRITICAL), output_type=KEYED_PAYLOAD)
-                 .name("deliver-critical").uid("deliver-critical"))
     statements = t_env.create_statement_set()
-    statements.add_insert("status_out", t_env.from_data_stream(delivered))
-    statements.add_insert("dlq_out", t_env.from_data_stream(delivered.get_side_output(DLQ_TAG)))
+    # One chain per class, each in its own slot sharing group: a campaign's backlog backs up
+    # its own chain and never the critical one.
+    for table, priority in (("critical_in", states.CRITICAL), ("promo_in", states.PROMOTIONAL)):
+        delivered = (t_env.to_data_stream(t_env.from_path(table))
+                     .key_by(lambda r: r.user_id or r.k or "", key_type=Types.STRING())
+                     .process(DeliveryFunction(settings, priority), output_type=KEYED_PAYLOAD)
+                     .name(f"deliver-{priority}").uid(f"deliver-{priority}")
+                     .slot_sharing_group(priority))
+        statements.add_insert("status_out", t_env.from_data_stream(delivered))
+        statements.add_insert("dlq_out", t_env.from_data_stream(delivered.get_side_output(DLQ_TAG)))
     statements.attach_as_datastream()
 
 

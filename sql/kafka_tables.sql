@@ -1,3 +1,5 @@
+-- Herald's Kafka tables: one source per traffic class, so a campaign never shares a reader,
+-- an operator chain or a slot with critical traffic.
 -- Herald's Kafka tables. ${...} placeholders are filled from herald.settings by jobs/common.py.
 -- The record path stays in Java: the Kafka source reads raw bytes, the event time comes from
 -- the record's `created_at` (falling back to the Kafka timestamp for records that do not parse,
@@ -15,6 +17,27 @@ CREATE TABLE critical_in (
   'topic' = '${topic_critical}',
   'properties.bootstrap.servers' = '${kafka_bootstrap}',
   'properties.group.id' = '${consumer_group}-critical',
+  'scan.startup.mode' = '${startup_mode}',
+  'properties.auto.offset.reset' = 'earliest',
+  'scan.watermark.idle-timeout' = '${watermark_idle_ms} ms',
+  'key.format' = 'raw',
+  'key.fields' = 'k',
+  'value.format' = 'raw',
+  'value.fields-include' = 'EXCEPT_KEY'
+);
+
+CREATE TABLE promo_in (
+  k STRING,
+  v STRING,
+  kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
+  user_id AS JSON_VALUE(v, '$.user_id'),
+  event_time AS COALESCE(TO_TIMESTAMP_LTZ(TRY_CAST(JSON_VALUE(v, '$.created_at') AS BIGINT), 3), kafka_ts),
+  WATERMARK FOR event_time AS event_time - INTERVAL '${max_out_of_orderness_s}' SECOND
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '${topic_promo}',
+  'properties.bootstrap.servers' = '${kafka_bootstrap}',
+  'properties.group.id' = '${consumer_group}-promo',
   'scan.startup.mode' = '${startup_mode}',
   'properties.auto.offset.reset' = 'earliest',
   'scan.watermark.idle-timeout' = '${watermark_idle_ms} ms',

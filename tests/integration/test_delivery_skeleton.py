@@ -95,3 +95,24 @@ def test_malformed_records_go_to_the_dlq_with_a_precise_reason(test_settings, un
         assert any(expected in reason for reason in by_reason), (expected, by_reason)
     assert {s["id"] for s in statuses if s["state"] == "delivered"} == {g["id"] for g in good}
     assert not any(s["id"].startswith("bad-") for s in statuses)
+
+
+def test_the_promotional_topic_has_its_own_path_and_rules(test_settings, unique, tmp_path):
+    promo = [notification(unique, 5000 + i, priority="promotional", campaign_id="cmp-1")
+             for i in range(50)]
+    no_expiry = {**notification(unique, 6000, priority="promotional"), "expires_at": None}
+    wrong_class = notification(unique, 6001)  # a critical record on the promo topic
+    produce(test_settings.kafka_bootstrap, test_settings.topic_promo,
+            [(r["user_id"], r) for r in promo + [no_expiry, wrong_class]])
+
+    with RunningJob("jobs.delivery", test_settings, tmp_path) as job:
+        statuses = read_until(test_settings.kafka_bootstrap, test_settings.topic_status,
+                              lambda seen: len(seen) >= 50, job=job)
+        dlq = read_until(test_settings.kafka_bootstrap, test_settings.topic_dlq,
+                         lambda seen: len(seen) >= 2, job=job)
+
+    assert {s["id"] for s in statuses if s["state"] == "delivered"} == {r["id"] for r in promo}
+    assert all(s["priority"] == "promotional" and s["campaign_id"] == "cmp-1" for s in statuses)
+    reasons = sorted(d["reason"] for d in dlq)
+    assert any("missing required field 'expires_at'" in r for r in reasons)
+    assert any("came in on the promotional topic" in r for r in reasons)
