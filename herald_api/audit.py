@@ -1,0 +1,192 @@
+"""The audit consumer: every Status event on ``herald.status`` into the Redis audit store.
+
+``python -m herald_api.audit``. At-least-once: a batch is written to Redis, then its offsets
+are committed; a crash in between replays the batch, and the writes are idempotent (an event
+is stored under its identity ``(at, attempt, state, channel, provider)``; campaign counts move
+once per (notification id, state)), so a replay changes nothing. Events that are not Status
+records go to the DLQ with ``stage: "audit"``. Key layout: ``herald_api.store``.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any, Mapping
+
+import redis
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import CommitFailedError
+
+from herald import states
+from herald.errors import ValidationError
+from herald.models import _epoch_ms, _string, dead_letter, load_object
+from herald.settings import Settings, load_settings
+from herald_api.store import AUDIT_WRITE_LUA, audit_write_args
+
+log = logging.getLogger("herald_api.audit")
+
+STAGE_AUDIT = "audit"
+OPTIONAL_STRINGS = ("user_id", "priority", "channel", "provider", "detail", "campaign_id")
+
+
+def status_from_dict(obj: Mapping) -> dict:
+    """Check one Status event just enough to file it; the event itself is stored as sent."""
+    _string(obj, "id")
+    _string(obj, "tenant_id")
+    state = obj.get("state")
+    if state not in states.STATES:
+        raise ValidationError(f"'state' must be one of {', '.join(sorted(states.STATES))}, "
+                              f"got {state!r}", "state")
+    _epoch_ms(obj, "at")
+    for name in ("attempt", "latency_ms"):
+        value = obj.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 0):
+            raise ValidationError(f"'{name}' must be a non-negative integer, got {value!r}", name)
+    for name in OPTIONAL_STRINGS:
+        value = obj.get(name)
+        if value is not None and not isinstance(value, str):
+            raise ValidationError(f"'{name}' must be a string, got {type(value).__name__}", name)
+    return dict(obj)
+
+
+class AuditWriter:
+    """Writes validated Status events with one Lua call each, pipelined per batch."""
+
+    def __init__(self, client: redis.Redis, retention_s: int):
+        self.redis = client
+        self.retention_ms = retention_s * 1000
+        self._script = client.register_script(AUDIT_WRITE_LUA)
+
+    def write(self, events: list[dict]) -> int:
+        """Store ``events``; return how many were new (the rest were replays)."""
+        if not events:
+            return 0
+        with self.redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                keys, args = audit_write_args(event, self.retention_ms)
+                self._script(keys=keys, args=args, client=pipe)
+            return sum(int(r) for r in pipe.execute())
+
+
+class AuditConsumer:
+    """One consumer-group member: poll, write, dead-letter the unreadable, commit."""
+
+    def __init__(self, settings: Settings, *, redis_client: redis.Redis | None = None,
+                 retry_pause_s: float = 0.5):
+        self.settings = settings
+        self.retry_pause_s = retry_pause_s
+        self.redis = redis_client or redis.Redis(host=settings.redis_host,
+                                                 port=settings.redis_port, socket_timeout=10)
+        self.writer = AuditWriter(self.redis, settings.audit_retention_s)
+        self.consumer = KafkaConsumer(
+            settings.topic_status, bootstrap_servers=settings.kafka_bootstrap,
+            group_id=settings.audit_consumer_group, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_poll_records=2000)
+        self._dlq: KafkaProducer | None = None
+        self.stop = threading.Event()
+        self.written = self.replayed = self.dead_lettered = 0
+
+    # ---- one batch
+
+    def poll_once(self, timeout_ms: int = 500) -> int:
+        """Poll one batch, store it, commit it; return how many records it had."""
+        batches = self.consumer.poll(timeout_ms=timeout_ms)
+        events, rejected = [], []
+        for records in batches.values():
+            for message in records:
+                try:
+                    events.append(status_from_dict(load_object(message.value)))
+                except ValidationError as exc:
+                    rejected.append((message, exc))
+        if rejected:
+            self._dead_letter(rejected)
+        if events:
+            new = self._write_until_done(events)
+            self.written += new
+            self.replayed += len(events) - new
+        count = len(events) + len(rejected)
+        if count:
+            try:
+                self.consumer.commit()
+            except CommitFailedError as exc:  # rebalanced away: the new owner replays, harmlessly
+                log.warning("offset commit failed (%s); the batch will be replayed", exc)
+        return count
+
+    def _write_until_done(self, events: list[dict]) -> int:
+        """Redis down means wait and retry: never commit past events that are not stored."""
+        while True:
+            try:
+                return self.writer.write(events)
+            except redis.exceptions.ConnectionError as exc:
+                log.warning("audit store unavailable (%s); retrying", exc)
+                if self.stop.wait(self.retry_pause_s):
+                    raise
+
+    def _dead_letter(self, rejected: list) -> None:
+        if self._dlq is None:
+            self._dlq = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all")
+        now = time.time_ns() // 1_000_000
+        for message, exc in rejected:
+            log.warning("not a Status event (%s): dead-lettered", exc.message)
+            self._dlq.send(self.settings.topic_dlq, key=message.key,
+                           value=dead_letter(message.value if message.value is not None else b"",
+                                             exc.message, STAGE_AUDIT, now))
+        self._dlq.flush()
+        self.dead_lettered += len(rejected)
+
+    # ---- loops
+
+    def drain(self, timeout_s: float = 60.0) -> int:
+        """Process until every record on the topic when this is called is stored and committed.
+
+        Deterministic catch-up for tests and operators; ``run`` is the endless loop.
+        """
+        deadline = time.monotonic() + timeout_s
+        processed = 0
+        while not self.consumer.assignment():
+            processed += self.poll_once(100)
+            if time.monotonic() > deadline:
+                raise TimeoutError("no partitions assigned to the audit consumer")
+        partitions = list(self.consumer.assignment())
+        end = self.consumer.end_offsets(partitions)
+        while any(self.consumer.position(tp) < end[tp] for tp in partitions):
+            processed += self.poll_once(100)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"audit consumer did not catch up in {timeout_s}s")
+        return processed
+
+    def run(self) -> None:
+        log.info("audit consumer on %s (group %s), retention %ss", self.settings.topic_status,
+                 self.settings.audit_consumer_group, self.settings.audit_retention_s)
+        while not self.stop.is_set():
+            self.poll_once()
+
+    def close(self) -> None:
+        self.consumer.close(autocommit=False)
+        if self._dlq is not None:
+            self._dlq.close()
+        self.redis.close()
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    consumer = AuditConsumer(load_settings())
+
+    def stop(signum: int, frame: Any) -> None:
+        consumer.stop.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        consumer.run()
+    finally:
+        log.info("stopping: %d events written, %d replays, %d dead-lettered", consumer.written,
+                 consumer.replayed, consumer.dead_lettered)
+        consumer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,388 @@
+"""What the API keeps in Redis, behind small classes so a backend can be swapped (segments may
+move to Parquet) without touching the handlers.
+
+Key layout (``{tenant}`` is a configured tenant name: no ``:`` in it):
+
+=============================================  ======  ==============================================
+key                                            type    holds
+=============================================  ======  ==============================================
+``herald:user:{tenant}:{user_id}``             hash    flat user record (``UserRecord.to_hash``) +
+                                                       ``updated_at``
+``herald:segment:{tenant}:{name}``             list    the segment's user ids, in the order given
+``herald:segment:{tenant}:{name}:meta``        hash    ``count``, ``updated_at``
+``herald:idem:{tenant}:{scope}:{key}``         string  first answer ``{"status", "body"}`` (or a
+                                                       pending marker while the first request runs);
+                                                       scopes ``ntf`` (id), ``cmp`` (campaign id),
+                                                       ``hdr:{route}`` (Idempotency-Key)
+``herald:audit:{tenant}:{id}``                 hash    latest ``state``/``at``/``rank``, ``id``,
+                                                       ``tenant_id``, ``user_id``, ``priority``,
+                                                       ``campaign_id``, ``enqueued_at`` (API),
+                                                       ``counted:{state}`` markers
+``herald:audit:{tenant}:{id}:attempts``        hash    one field per distinct event
+                                                       ``{at}|{attempt}|{state}|{channel}|{provider}``
+                                                       → the Status event JSON
+``herald:campaign:{tenant}:{campaign_id}``     hash    what the API accepted: ``accepted_at``,
+                                                       ``expires_at``, ``send_at``, ``audience``,
+                                                       ``cancel_requested_at``
+``herald:campaign:{tenant}:{campaign_id}:counts``  hash  per state: distinct recipients that reached it;
+                                                       ``recipients`` (distinct ids seen);
+                                                       ``campaign_state``/``campaign_state_at`` for
+                                                       campaign-level events (id == campaign_id)
+=============================================  ======  ==============================================
+
+Audit keys expire ``audit_retention_s`` after their last write; idempotency keys after
+``api_idempotency_ttl_s``. Users and segments do not expire.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import orjson
+
+from herald import states
+from herald.campaigns import Campaign
+from herald.models import Notification
+from herald_api.records import UserRecord
+
+PREFIX = "herald"
+PENDING = "pending:"
+SEGMENT_WRITE_BATCH = 10_000
+
+# Which state an attempt list ends in, when two events share a timestamp: the more final one.
+# ``duplicate`` says a later submission was dropped; it never replaces a known state.
+STATE_RANK = {states.ACCEPTED: 0, states.RETRYING: 1, states.FALLBACK: 1,
+              states.DELIVERED: 2, states.EXPIRED: 2, states.CANCELLED: 2, states.OPTED_OUT: 2,
+              states.FAILED: 2, states.DUPLICATE: -1}
+PROGRESS = {"expanded": "recipients", "sent": states.DELIVERED, "expired": states.EXPIRED,
+            "failed": states.FAILED, "cancelled": states.CANCELLED}
+
+
+# ---------------------------------------------------------------- keys
+
+def user_key(tenant: str, user_id: str) -> str:
+    return f"{PREFIX}:user:{tenant}:{user_id}"
+
+
+def segment_key(tenant: str, name: str) -> str:
+    return f"{PREFIX}:segment:{tenant}:{name}"
+
+
+def segment_meta_key(tenant: str, name: str) -> str:
+    return f"{PREFIX}:segment:{tenant}:{name}:meta"
+
+
+def idem_key(tenant: str, scope: str, key: str) -> str:
+    return f"{PREFIX}:idem:{tenant}:{scope}:{key}"
+
+
+def audit_key(tenant: str, notification_id: str) -> str:
+    return f"{PREFIX}:audit:{tenant}:{notification_id}"
+
+
+def attempts_key(tenant: str, notification_id: str) -> str:
+    return f"{PREFIX}:audit:{tenant}:{notification_id}:attempts"
+
+
+def campaign_key(tenant: str, campaign_id: str) -> str:
+    return f"{PREFIX}:campaign:{tenant}:{campaign_id}"
+
+
+def campaign_counts_key(tenant: str, campaign_id: str) -> str:
+    return f"{PREFIX}:campaign:{tenant}:{campaign_id}:counts"
+
+
+def attempt_field(event: dict) -> str:
+    """The dedup identity of one Status event: a replay of it lands on the same field."""
+    return "|".join(str(event.get(k) if event.get(k) is not None else "")
+                    for k in ("at", "attempt", "state", "channel", "provider"))
+
+
+# ---------------------------------------------------------------- Lua
+
+# Claim every key, or return the first one already set: one round trip, atomic.
+CLAIM_LUA = """
+for i, k in ipairs(KEYS) do
+  local v = redis.call('GET', k)
+  if v then return {i, v} end
+end
+for _, k in ipairs(KEYS) do redis.call('SET', k, ARGV[1], 'PX', ARGV[2]) end
+return {0, ''}
+"""
+
+# Drop our pending markers (and only ours) after a failed first attempt.
+RELEASE_LUA = """
+for _, k in ipairs(KEYS) do
+  if redis.call('GET', k) == ARGV[1] then redis.call('DEL', k) end
+end
+return 0
+"""
+
+# One Status event into the audit store; idempotent: a replayed event finds its field taken and
+# changes nothing but the expiry. KEYS: audit hash, attempts hash, campaign counts (or a dummy).
+# ARGV: field, event JSON, at, state, rank, ttl ms, id, tenant, user, priority, campaign id ('' if
+# none), '1' if the event is about the campaign itself.
+AUDIT_WRITE_LUA = """
+local new = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+if new == 1 then
+  local at, rank = tonumber(ARGV[3]), tonumber(ARGV[5])
+  local cur = redis.call('HMGET', KEYS[1], 'at', 'rank', 'state')
+  local take
+  if not cur[3] then take = true
+  elseif rank < 0 then take = false
+  else
+    local cat, crank = tonumber(cur[1]), tonumber(cur[2])
+    take = at > cat or (at == cat and rank >= crank)
+  end
+  if take then redis.call('HSET', KEYS[1], 'state', ARGV[4], 'at', ARGV[3], 'rank', ARGV[5]) end
+  redis.call('HSET', KEYS[1], 'id', ARGV[7], 'tenant_id', ARGV[8], 'user_id', ARGV[9],
+             'priority', ARGV[10])
+  if ARGV[11] ~= '' then
+    redis.call('HSET', KEYS[1], 'campaign_id', ARGV[11])
+    if ARGV[12] == '1' then
+      if take then
+        redis.call('HSET', KEYS[3], 'campaign_state', ARGV[4], 'campaign_state_at', ARGV[3])
+      end
+    else
+      if redis.call('HSETNX', KEYS[1], 'counted:' .. ARGV[4], '1') == 1 then
+        redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+      end
+      if redis.call('HSETNX', KEYS[1], 'counted:*', '1') == 1 then
+        redis.call('HINCRBY', KEYS[3], 'recipients', 1)
+      end
+    end
+    redis.call('PEXPIRE', KEYS[3], ARGV[6])
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+redis.call('PEXPIRE', KEYS[2], ARGV[6])
+return new
+"""
+
+
+def audit_write_args(event: dict, retention_ms: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``AUDIT_WRITE_LUA`` for one (already validated) Status event."""
+    tenant, nid = event["tenant_id"], event["id"]
+    campaign_id = event.get("campaign_id") or ""
+    keys = [audit_key(tenant, nid), attempts_key(tenant, nid),
+            campaign_counts_key(tenant, campaign_id) if campaign_id else audit_key(tenant, nid)]
+    args = [attempt_field(event), orjson.dumps(event), event["at"], event["state"],
+            STATE_RANK.get(event["state"], 0), retention_ms, nid, tenant,
+            event.get("user_id") or "", event.get("priority") or "", campaign_id,
+            "1" if campaign_id and nid == campaign_id else "0"]
+    return keys, args
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _hash(raw: dict) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in raw.items()}
+
+
+# ---------------------------------------------------------------- users
+
+class UserStore:
+    """User records as Redis hashes: the delivery path reads them in batches (HMGET)."""
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    async def put(self, tenant: str, user: UserRecord, now_ms: int) -> None:
+        key = user_key(tenant, user.user_id)
+        async with self.redis.pipeline(transaction=True) as pipe:  # replace, never merge
+            pipe.delete(key)
+            pipe.hset(key, mapping={**user.to_hash(), "updated_at": str(now_ms)})
+            await pipe.execute()
+
+    async def get(self, tenant: str, user_id: str) -> tuple[UserRecord, int] | None:
+        raw = _hash(await self.redis.hgetall(user_key(tenant, user_id)))
+        if not raw:
+            return None
+        return UserRecord.from_hash(raw), int(raw.get("updated_at", 0))
+
+
+# ---------------------------------------------------------------- segments
+
+class SegmentStore:
+    """Segments as Redis lists, read back in batches by index (a resumable cursor).
+
+    The interface (put / info / read) is what a Parquet-backed store would implement too.
+    """
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    async def put(self, tenant: str, name: str, user_ids: Sequence[str], now_ms: int) -> int:
+        """Replace the segment atomically: readers see the old list or the new one, never a mix."""
+        key, meta = segment_key(tenant, name), segment_meta_key(tenant, name)
+        staging = f"{key}:staging:{uuid.uuid4().hex}"
+        try:
+            for start in range(0, len(user_ids), SEGMENT_WRITE_BATCH):
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.rpush(staging, *user_ids[start:start + SEGMENT_WRITE_BATCH])
+                    pipe.expire(staging, 3600)  # a crashed upload leaves nothing behind
+                    await pipe.execute()
+            async with self.redis.pipeline(transaction=True) as pipe:
+                if user_ids:
+                    pipe.rename(staging, key)
+                    pipe.persist(key)
+                else:
+                    pipe.delete(key)
+                pipe.hset(meta, mapping={"count": len(user_ids), "updated_at": now_ms})
+                await pipe.execute()
+        finally:
+            await self.redis.delete(staging)
+        return len(user_ids)
+
+    async def info(self, tenant: str, name: str) -> dict | None:
+        raw = _hash(await self.redis.hgetall(segment_meta_key(tenant, name)))
+        if not raw:
+            return None
+        return {"count": int(raw["count"]), "updated_at": int(raw["updated_at"])}
+
+    async def read(self, tenant: str, name: str, start: int, count: int) -> list[str]:
+        ids = await self.redis.lrange(segment_key(tenant, name), start, start + count - 1)
+        return [_text(i) for i in ids]
+
+
+# ---------------------------------------------------------------- idempotency
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Outcome of claiming idempotency keys: ours to run (``token``), answered, or in flight."""
+    token: str | None = None
+    answer: dict | None = None
+    in_progress: bool = False
+
+
+class IdempotencyStore:
+    """First answer per key (SET NX with a TTL): a repeat gets that answer and enqueues nothing."""
+
+    def __init__(self, redis):
+        self.redis = redis
+        self._claim = redis.register_script(CLAIM_LUA)
+        self._release = redis.register_script(RELEASE_LUA)
+
+    @staticmethod
+    def key(tenant: str, scope: str, key: str) -> str:
+        return idem_key(tenant, scope, key)
+
+    async def claim(self, keys: Sequence[str], ttl_s: int) -> Claim:
+        token = PENDING + uuid.uuid4().hex
+        index, value = await self._claim(keys=list(keys), args=[token, ttl_s * 1000])
+        if int(index) == 0:
+            return Claim(token=token)
+        value = _text(value)
+        if value.startswith(PENDING):
+            return Claim(in_progress=True)
+        return Claim(answer=orjson.loads(value))
+
+    async def remember(self, keys: Iterable[str], status: int, body: dict, ttl_s: int) -> None:
+        answer = orjson.dumps({"status": status, "body": body})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for key in keys:
+                pipe.set(key, answer, ex=ttl_s)
+            await pipe.execute()
+
+    async def release(self, keys: Sequence[str], token: str) -> None:
+        await self._release(keys=list(keys), args=[token])
+
+
+# ---------------------------------------------------------------- audit and campaigns
+
+class AuditStore:
+    """Reads the audit store the status consumer writes; records what the API accepted."""
+
+    def __init__(self, redis, retention_s: int):
+        self.redis = redis
+        self.retention_s = retention_s
+
+    async def mark_enqueued(self, n: Notification, now_ms: int) -> None:
+        key = audit_key(n.tenant_id, n.id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for name, value in (("id", n.id), ("tenant_id", n.tenant_id), ("user_id", n.user_id),
+                                ("priority", n.priority), ("enqueued_at", now_ms)):
+                pipe.hsetnx(key, name, value)
+            if n.campaign_id:
+                pipe.hsetnx(key, "campaign_id", n.campaign_id)
+            pipe.expire(key, self.retention_s)
+            await pipe.execute()
+
+    async def notification(self, tenant: str, notification_id: str) -> dict | None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(audit_key(tenant, notification_id))
+            pipe.hvals(attempts_key(tenant, notification_id))
+            meta, events = await pipe.execute()
+        meta = _hash(meta)
+        if not meta or meta.get("tenant_id") != tenant:
+            return None
+        attempts = sorted((orjson.loads(e) for e in events),
+                          key=lambda e: (e.get("at", 0), STATE_RANK.get(e.get("state"), 0),
+                                         e.get("attempt", 0)))
+        out: dict[str, Any] = {"id": notification_id, "tenant_id": tenant,
+                               "user_id": meta.get("user_id") or None,
+                               "priority": meta.get("priority") or None,
+                               "state": meta.get("state", "enqueued"),
+                               "updated_at": int(meta["at"]) if "at" in meta else None,
+                               "enqueued_at": int(meta["enqueued_at"]) if "enqueued_at" in meta
+                               else None,
+                               "attempts": attempts}
+        if meta.get("campaign_id"):
+            out["campaign_id"] = meta["campaign_id"]
+        return out
+
+    async def campaign_accepted(self, c: Campaign, now_ms: int) -> None:
+        mapping = {"accepted_at": now_ms, "created_at": c.created_at, "expires_at": c.expires_at,
+                   "audience": orjson.dumps(c.audience.to_dict()) if c.audience.segment else
+                   orjson.dumps({"user_ids": len(c.audience.user_ids or ())})}
+        if c.send_at is not None:
+            mapping["send_at"] = c.send_at
+        key = campaign_key(c.tenant_id, c.campaign_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, self._campaign_ttl(c.expires_at, now_ms))
+            await pipe.execute()
+
+    async def campaign_cancel_requested(self, tenant: str, campaign_id: str, now_ms: int) -> None:
+        key = campaign_key(tenant, campaign_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, "cancel_requested_at", now_ms)
+            pipe.expire(key, self.retention_s, gt=True)
+            pipe.expire(key, self.retention_s, nx=True)
+            await pipe.execute()
+
+    async def campaign(self, tenant: str, campaign_id: str) -> dict | None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(campaign_key(tenant, campaign_id))
+            pipe.hgetall(campaign_counts_key(tenant, campaign_id))
+            meta, counts = await pipe.execute()
+        meta, counts = _hash(meta), _hash(counts)
+        if not meta and not counts:
+            return None
+        by_state = {s: int(counts[s]) for s in sorted(states.STATES) if s in counts}
+        out: dict[str, Any] = {
+            "campaign_id": campaign_id, "tenant_id": tenant,
+            "state": self._campaign_state(meta, counts),
+            "progress": {name: int(counts.get(field, 0)) for name, field in PROGRESS.items()},
+            "states": by_state}
+        for name in ("accepted_at", "created_at", "expires_at", "send_at", "cancel_requested_at"):
+            if name in meta:
+                out[name] = int(meta[name])
+        if "audience" in meta:
+            out["audience"] = orjson.loads(meta["audience"])
+        return out
+
+    @staticmethod
+    def _campaign_state(meta: dict, counts: dict) -> str:
+        if counts.get("campaign_state"):
+            return counts["campaign_state"]
+        if "cancel_requested_at" in meta:
+            return "cancel_requested"
+        return "running" if counts.get("recipients") else "accepted"
+
+    def _campaign_ttl(self, expires_at: int, now_ms: int) -> int:
+        """Kept for the campaign's life plus the audit retention."""
+        return max(0, (expires_at - now_ms) // 1000) + self.retention_s
