@@ -234,26 +234,551 @@ def run_clients(n: int, repeats: int, in_flight: int, timeout: float) -> list[di
     return out
 
 
+# ================================================================ part 2: the call stages
+
+MAX_TS = 2**63 - 2  # an event-time timer here fires once the bounded input has ended
+
+
+def flink_environments(mode: str, checkpoint_dir: str, batch: int = 1000, bundle_ms: int = 5):
+    """A parallelism-1 MiniCluster job with checkpoints every 5 s, as the delivery job has."""
+    from jobs.common import python_env_ready
+    python_env_ready()
+    from pyflink.common import Configuration
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.table import StreamTableEnvironment
+    conf = Configuration()
+    conf.set_string("python.execution-mode", mode)
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    conf.set_string("execution.checkpointing.interval", "5 s")
+    conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
+    conf.set_string("execution.checkpointing.dir", f"file://{checkpoint_dir}")
+    conf.set_string("state.backend.type", "hashmap")
+    conf.set_string("execution.buffer-timeout", "5 ms")
+    conf.set_string("rest.bind-port", "0")
+    conf.set_string("python.fn-execution.arrow.batch.size", str(batch))
+    conf.set_string("python.fn-execution.bundle.size", str(batch))
+    conf.set_string("python.fn-execution.bundle.time", str(bundle_ms))
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(1)
+    t_env = StreamTableEnvironment.create(env)
+    return env, t_env
+
+
+def datagen(t_env, rows: int, users: int, rate: int = 0) -> str:
+    """datagen → filter, all in Java; ``c`` is the epoch ms at which the row passed the filter
+    (the record's ``created_at`` for the latency figures). Returns the query."""
+    t_env.execute_sql(f"""
+        CREATE TABLE src (i BIGINT, u INT, ts AS PROCTIME()) WITH (
+          'connector' = 'datagen', 'rows-per-second' = '{rate or 100_000_000}',
+          'fields.i.kind' = 'sequence', 'fields.i.start' = '0', 'fields.i.end' = '{rows - 1}',
+          'fields.u.min' = '0', 'fields.u.max' = '{users - 1}')""")
+    t_env.execute_sql("CREATE TABLE sink (s STRING) WITH ('connector' = 'blackhole')")
+    return ("SELECT i, u, CAST(EXTRACT(EPOCH FROM ts) AS BIGINT) * 1000 "
+            "+ EXTRACT(MILLISECOND FROM ts) AS c FROM src WHERE u >= 0")
+
+
+class CallStage:
+    """What every design runs per batch: build each call with the FCM adapter, send the batch
+    through the client (one user's calls chained), classify each answer, one Status JSON each.
+    Engine-free, so the three designs differ only in how records reach it."""
+
+    def __init__(self, url: str, in_flight: int):
+        self.url = url
+        self.in_flight = in_flight
+        self.client = None
+
+    def open(self) -> None:
+        from herald.providers.registry import Registry
+        from udfs.http_client import BlockingBatchClient
+        from bench.common import fcm_settings
+        self.adapter = Registry().for_channel("push", "android")
+        self.settings = fcm_settings(self.url)
+        self.client = BlockingBatchClient(max_connections=self.in_flight)
+        note = os.environ.get("HERALD_BENCH_NOTE")
+        if note:  # which loop the Flink worker ended up with, for the report
+            with open(note, "a") as fh:
+                fh.write(json.dumps({"pid": os.getpid(), "loop": self.client.loop_name}) + "\n")
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+    def run(self, ids, users, created) -> list[str]:
+        import orjson
+        from herald import states
+        from herald.providers.base import clock_ms
+        from udfs.http_client import Response
+        from bench.common import notification
+        adapter, settings = self.adapter, self.settings
+        now = clock_ms()
+        notes = [notification(i, f"u{u}", c) for i, u, c in zip(ids, users, created)]
+        reqs = [adapter.build_request(n, n.to, settings, now_ms=now) for n in notes]
+        answers = self.client.send_batch(reqs, self.in_flight, keys=users)
+        done = clock_ms()
+        out = []
+        dumps, delivered, failed = orjson.dumps, states.DELIVERED, states.FAILED
+        for n, a in zip(notes, answers):
+            outcome = (adapter.classify(a.status, a.headers, a.body) if isinstance(a, Response)
+                       else adapter.transport_error(a))
+            # the Status event's fields, dumped directly: Status.to_json goes through
+            # dataclasses.asdict, which costs 11 µs a record here (a third of the stage)
+            status = {"id": n.id, "tenant_id": n.tenant_id, "user_id": n.user_id,
+                      "priority": n.priority, "state": delivered if outcome.ok else failed,
+                      "at": done, "channel": "push", "provider": "fcm", "attempt": 1,
+                      "latency_ms": done - n.created_at}
+            if not outcome.ok:
+                status["detail"] = outcome.detail
+            out.append(dumps(status).decode())
+        return out
+
+
+def sql_stage(args) -> dict:
+    """(a) Flink SQL record path, process mode, one pandas UDF per Arrow batch."""
+    from pyflink.table import DataTypes
+    from pyflink.table.udf import ScalarFunction, udf
+
+    class SendBatch(ScalarFunction):
+        def __init__(self, url, in_flight):
+            self.stage = CallStage(url, in_flight)
+
+        def open(self, function_context):
+            self.stage.open()
+
+        def close(self):
+            self.stage.close()
+
+        def eval(self, i, u, c):
+            import pandas as pd
+            return pd.Series(self.stage.run(i.tolist(), u.tolist(), c.tolist()))
+
+    with tempfile.TemporaryDirectory(prefix="herald-bench-ck-") as ck:
+        env, t_env = flink_environments("process", ck, args.batch, args.bundle_ms)
+        query = datagen(t_env, args.n, args.users, args.rate)
+        t_env.create_temporary_function(
+            "send_fcm", udf(SendBatch(f"http://127.0.0.1:{args.port}", args.in_flight),
+                            result_type=DataTypes.STRING(), func_type="pandas"))
+        t0 = time.perf_counter()
+        t_env.execute_sql(f"INSERT INTO sink SELECT send_fcm(i, u, c) FROM ({query})").wait()
+        return {"execute_s": time.perf_counter() - t0}
+
+
+def ds_stage(args) -> dict:
+    """(b) thread mode DataStream: key_by(user) → a KeyedProcessFunction that micro-batches."""
+    from pyflink.common import Types
+    from pyflink.datastream.functions import KeyedProcessFunction
+
+    class MicroBatch(KeyedProcessFunction):
+        """Buffers records in Python memory (not in Flink state: see the consistency note)
+        and sends a batch once it holds N records or its first record is T ms old."""
+
+        def __init__(self, url, in_flight, size, max_ms):
+            self.stage = CallStage(url, in_flight)
+            self.size, self.max_s = size, max_ms / 1000
+
+        def open(self, runtime_context):
+            self.stage.open()
+            self.buf, self.first = [], 0.0
+
+        def close(self):
+            self.stage.close()
+
+        def process_element(self, row, ctx):
+            if not self.buf:
+                self.first = time.monotonic()
+                # the last batch of a bounded input leaves when the final watermark arrives
+                ctx.timer_service().register_event_time_timer(MAX_TS)
+            self.buf.append(row)
+            if len(self.buf) >= self.size or time.monotonic() - self.first >= self.max_s:
+                yield from self.flush()
+
+        def on_timer(self, timestamp, ctx):
+            yield from self.flush()
+
+        def flush(self):
+            buf, self.buf = self.buf, []
+            if buf:
+                yield from self.stage.run([r[0] for r in buf], [r[1] for r in buf],
+                                          [r[2] for r in buf])
+
+    with tempfile.TemporaryDirectory(prefix="herald-bench-ck-") as ck:
+        env, t_env = flink_environments("thread", ck)
+        query = datagen(t_env, args.n, args.users, args.rate)
+        rows = t_env.to_data_stream(t_env.sql_query(query))
+        statuses = (rows.key_by(lambda r: r[1], key_type=Types.INT())
+                    .process(MicroBatch(f"http://127.0.0.1:{args.port}", args.in_flight,
+                                        args.batch, args.batch_ms),
+                             output_type=Types.STRING()))
+        statements = t_env.create_statement_set()
+        statements.add_insert("sink", t_env.from_data_stream(statuses))
+        statements.attach_as_datastream()
+        t0 = time.perf_counter()
+        env.execute("bench-call-stage-ds")
+        return {"execute_s": time.perf_counter() - t0}
+
+
+def gateway_stage(args) -> dict:
+    """(c) no Flink: poll a batch from Kafka → send it → produce its statuses → commit."""
+    import orjson
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from herald.models import parse_notification
+    from herald.providers.base import clock_ms
+    from herald.settings import load_settings
+    bootstrap = load_settings().kafka_bootstrap
+    topic = f"bench.cs.{os.getpid()}.{int(time.time())}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, 1, 1), NewTopic(topic + ".status", 1, 1)])
+    try:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1,
+                                 batch_size=256 * 1024)
+        now = clock_ms()
+        from bench.common import notification
+        for i in range(args.n):
+            u = i % args.users
+            producer.send(topic, key=f"u{u}".encode(),
+                          value=notification(i, f"u{u}", now).to_json())
+        producer.flush()
+        stage = CallStage(f"http://127.0.0.1:{args.port}", args.in_flight)
+        stage.open()
+        consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=topic,
+                                 enable_auto_commit=False, auto_offset_reset="earliest",
+                                 max_poll_records=args.batch, fetch_max_bytes=64 * 1024 * 1024,
+                                 max_partition_fetch_bytes=16 * 1024 * 1024)
+        done = 0
+        t0 = time.perf_counter()
+        deadline = t0 + args.timeout - 10
+        while done < args.n and time.perf_counter() < deadline:
+            polled = consumer.poll(timeout_ms=100, max_records=args.batch)
+            records = [m for batch in polled.values() for m in batch]
+            if not records:
+                continue
+            at = clock_ms()  # added latency counts from the poll, as Flink's from the filter
+            notes = [parse_notification(m.value) for m in records]
+            users = [int(n.user_id[1:]) for n in notes]
+            statuses = stage.run([int(n.id[2:]) for n in notes], users, [at] * len(notes))
+            for n, s in zip(notes, statuses):
+                producer.send(topic + ".status", key=n.id.encode(), value=s.encode())
+            producer.flush()
+            consumer.commit()
+            done += len(records)
+        elapsed = time.perf_counter() - t0
+        consumer.close()
+        producer.close()
+        stage.close()
+        return {"execute_s": elapsed, "consumed": done}
+    finally:
+        admin.delete_topics([topic, topic + ".status"])
+        admin.close()
+
+
+STAGES = {"sql": sql_stage, "ds": ds_stage, "gateway": gateway_stage}
+
+
+def stage_child(args) -> None:
+    out = STAGES[args.design](args)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def run_stage(design: str, latency: int, n: int, users: int, in_flight: int, timeout: float,
+              batch: int, bundle_ms: int = 5, batch_ms: int = 20, rate: int = 0) -> dict:
+    """One measurement: a fresh mock, the design in a child process group (killed at the
+    timeout), then the mock's log read back."""
+    run: dict = {"design": design, "latency_ms": latency, "n": n, "batch": batch,
+                 "bundle_ms": bundle_ms if design == "sql" else None,
+                 "batch_ms": batch_ms if design == "ds" else None, "in_flight": in_flight,
+                 "rate": rate or None}
+    with Mock("fcm", latency) as mock:
+        cmd = [sys.executable, __file__, "stage-child", "--design", design, "--port",
+               str(mock.port), "--n", str(n), "--users", str(users), "--in-flight",
+               str(in_flight), "--batch", str(batch), "--bundle-ms", str(bundle_ms),
+               "--batch-ms", str(batch_ms), "--timeout", str(timeout), "--rate", str(rate)]
+        log = tempfile.TemporaryFile(mode="w+")
+        note = Path(mock.dir.name) / "note.jsonl"
+        env = bench_env()
+        env["HERALD_BENCH_NOTE"] = str(note)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        cpu_seen = 0.0
+        try:
+            while proc.poll() is None and time.perf_counter() - t0 < timeout:
+                cpu_seen = max(cpu_seen, tree_cpu_seconds(proc.pid))
+                time.sleep(0.5)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                run["error"] = f"killed at the {timeout} s bound"
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.seek(0)
+        output = log.read()
+        log.close()
+        result = next((json.loads(line[7:]) for line in output.splitlines()
+                       if line.startswith("RESULT ")), None)
+        if result is None and "error" not in run:
+            run["error"] = "no result: " + " | ".join(output.strip().splitlines()[-6:])[-1500:]
+        records = mock.records()
+        if note.exists():
+            run["loops"] = sorted({json.loads(x)["loop"] for x in note.read_text().splitlines() if x})
+        run["mock_cpu_s"] = round(mock.cpu(), 2)
+    run["job_cpu_s_sampled"] = round(cpu_seen, 2)
+    ex = exactness(records, n)
+    run.update(ex)
+    run["per_user_order"] = per_user_order_ok(records)
+    lat = added_latencies(records)
+    run["p50_ms"], run["p99_ms"] = percentile(lat, 0.5), percentile(lat, 0.99)
+    accepted_t = sorted(r["t_ms"] for r in records if r.get("result") == "accepted")
+    if result is not None:
+        run["execute_s"] = round(result["execute_s"], 2)
+        run["calls_per_s"] = round(ex["accepted"] / result["execute_s"])
+    if len(accepted_t) > 1:
+        span = (accepted_t[-1] - accepted_t[0]) / 1000
+        run["first_to_last_call_s"] = round(span, 2)
+        run["steady_calls_per_s"] = round(len(accepted_t) / span) if span > 0 else None
+    return run
+
+
+def best_of(runs: list[dict]) -> dict:
+    good = [r for r in runs if "error" not in r and r.get("calls_per_s")]
+    return max(good, key=lambda r: r["calls_per_s"]) if good else runs[-1]
+
+
+# ================================================================ the matrix and the report
+
+def matrix(quick: bool = False) -> list[dict]:
+    """Every configuration measured: design, batch settings, mock latency, rows."""
+    scale = 10 if quick else 1
+    out = []
+    for latency in (0, 10):
+        for batch in (100, 1000, 5000):
+            for bundle_ms in (5, 50):
+                out.append({"design": "sql", "latency": latency, "batch": batch,
+                            "bundle_ms": bundle_ms,
+                            "n": (100_000 if batch == 100 else 300_000) // scale})
+        for batch, batch_ms in ((1000, 20), (5000, 50)):
+            out.append({"design": "ds", "latency": latency, "batch": batch,
+                        "batch_ms": batch_ms, "n": 100_000 // scale})
+        out.append({"design": "gateway", "latency": latency, "batch": 5000,
+                    "n": 100_000 // scale})
+    # critical-style latency: a paced source well under capacity, small batches
+    for batch in (100, 1000):
+        out.append({"design": "sql", "latency": 10, "batch": batch, "bundle_ms": 5,
+                    "n": 30_000 // scale, "rate": 2000})
+    return out
+
+
+def config_key(c: dict) -> str:
+    parts = [c["design"], f"lat{c['latency'] if 'latency' in c else c['latency_ms']}",
+             f"b{c['batch']}"]
+    if c.get("bundle_ms") is not None and c["design"] == "sql":
+        parts.append(f"bundle{c['bundle_ms']}")
+    if c.get("batch_ms") is not None and c["design"] == "ds":
+        parts.append(f"t{c['batch_ms']}")
+    if c.get("rate"):
+        parts.append(f"rate{c['rate']}")
+    return "-".join(parts)
+
+
+def run_stages(repeats: int, in_flight: int, users: int, timeout: float, quick: bool,
+               only: str | None) -> None:
+    doc = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {}
+    stages = doc.get("stages", {})
+    for c in matrix(quick):
+        key = config_key(c)
+        if only and only not in key:
+            continue
+        runs = []
+        for _ in range(repeats):
+            run = run_stage(c["design"], c["latency"], c["n"], users, in_flight, timeout,
+                            c["batch"], c.get("bundle_ms", 5), c.get("batch_ms", 20),
+                            c.get("rate", 0))
+            run["loadavg_1m"] = round(os.getloadavg()[0], 2)
+            runs.append(run)
+            print(json.dumps({"config": key} | {k: run.get(k) for k in (
+                "calls_per_s", "steady_calls_per_s", "p50_ms", "p99_ms", "exact",
+                "per_user_order", "error")}), flush=True)
+        stages[key] = {"config": c, "runs": runs, "best": best_of(runs)}
+        save({"stages": stages, "in_flight": in_flight, "users": users})
+
+
+RESTORE = {
+    "sql": ("never loses; repeats possible: the Python operator finishes its bundle (every "
+            "Arrow batch sent and answered) before the checkpoint barrier passes, so a "
+            "checkpoint never covers an unsent record; records after the last checkpoint are "
+            "replayed and their calls sent again unless the Redis sent marker stops them"),
+    "ds": ("can lose and can repeat: up to N-1 records sit in the function's Python buffer "
+           "when a barrier passes; the checkpoint's source offset is already past them and "
+           "they are in no state, so a restore never sends them; records after the checkpoint "
+           "are replayed as in sql (PyFlink's DataStream functions have no snapshot hook to "
+           "flush on; keeping the buffer in keyed state costs a state write per record)"),
+    "gateway": ("never loses; repeats possible: offsets are committed after the batch's calls "
+                "are answered and its statuses flushed, so a crash before the commit re-sends "
+                "the batch (the sent marker stops the re-sends); no Flink checkpoint at all"),
+}
+
+DESIGN_NAMES = {
+    "sql": "(a) Flink SQL record path, pandas UDF sends its Arrow batch (process mode)",
+    "ds": "(b) thread-mode KeyedProcessFunction, micro-batch in Python memory",
+    "gateway": "(c) no Flink: Kafka consumer loop gateway (kafka-python)",
+}
+
+
+def choose(stages: dict) -> str | None:
+    """The fastest in-job design at 10 ms that is consistent on restore (sql): the bar is
+    met with the least latency, so prefer the smallest batch that clears it."""
+    best_key, best = None, None
+    for key, s in stages.items():
+        b = s["best"]
+        c = s["config"]
+        if c["design"] != "sql" or c.get("rate") or c["latency"] != 10 or "error" in b:
+            continue
+        if not b.get("exact") or not b.get("per_user_order"):
+            continue
+        rate = b.get("calls_per_s") or 0
+        if rate >= BAR_CALLS_PER_S:
+            if best is None or (c["batch"], -rate) < (best["config"]["batch"],
+                                                      -(best["best"]["calls_per_s"])):
+                best_key, best = key, s
+    if best_key is None:  # nothing clears the bar: the fastest consistent one, for the record
+        cands = [(s["best"].get("calls_per_s") or 0, k) for k, s in stages.items()
+                 if s["config"]["design"] == "sql" and s["config"]["latency"] == 10
+                 and not s["config"].get("rate")]
+        best_key = max(cands)[1] if cands else None
+    return best_key
+
+
+def fmt(v, unit="") -> str:
+    return "–" if v is None else f"{v}{unit}"
+
+
+def write_report() -> None:
+    doc = json.loads(JSON_PATH.read_text())
+    meta = doc.get("meta", {})
+    stages = doc.get("stages", {})
+    chosen = choose(stages)
+    doc["chosen"] = chosen
+    JSON_PATH.write_text(json.dumps(doc, indent=2) + "\n")
+    L = ["# The provider-call stage, chosen by measurement", "",
+         f"Measured {meta.get('when', '?')} on this machine: {meta.get('cpus')} cores shared "
+         "with another engineer's test runs (load average noted per run in the JSON), Python "
+         f"{meta.get('python')}, PyFlink 2.2.1 MiniCluster, parallelism 1, checkpoints every "
+         "5 s. The FCM mock runs in its own process on the same machine (loopback), with 0 or "
+         "10 ms added latency. Every run is bounded (≤ 300k rows, killed at 120 s), ran twice; "
+         "the better run is shown, the other in brackets, to show the noise. "
+         "`python bench/call_stage.py all` reproduces it.", "",
+         "All designs use the same call stage (`CallStage` in bench/call_stage.py): build each "
+         "call with the FCM adapter, send the batch with `udfs/http_client.py` (one user's "
+         f"calls chained, at most {doc.get('in_flight', 512)} in flight, uvloop), classify "
+         "each answer, one status JSON per record. Rate = provider calls accepted by the mock "
+         "/ execute time (job start to end, so Flink's ≈ 5 s start-up is included); steady = "
+         "calls / (last call − first call) at the mock. Added latency = the mock's receive "
+         "time − the record's `created_at` (the epoch ms at which the row passed the Java "
+         "filter; for the gateway, the poll). Unpaced sources run flat out, so their latency "
+         "is mostly queueing in front of a saturated stage; the `paced 2000/s` rows show what a "
+         "record sees below capacity. Every run was checked at the mock: each id accepted "
+         "exactly once, each user's calls in order.", "",
+         f"Bar (issue 3): ≥ {BAR_CALLS_PER_S} provider calls/s at 10 ms mock latency.", "",
+         "| design | settings | mock latency | calls/s (other run) | steady calls/s | "
+         "p50 / p99 added ms | exact, order | |",
+         "|---|---|---|---|---|---|---|---|"]
+
+    def order(item):
+        key, s = item
+        c = s["config"]
+        return (["sql", "ds", "gateway"].index(c["design"]), bool(c.get("rate")), c["batch"],
+                c.get("bundle_ms") or 0, c.get("batch_ms") or 0, c["latency"])
+    for key, s in sorted(stages.items(), key=order):
+        c, b = s["config"], s["best"]
+        others = [r.get("calls_per_s") for r in s["runs"] if r != b]
+        settings = f"batch {c['batch']}"
+        if c["design"] == "sql":
+            settings = f"Arrow batch {c['batch']}, bundle {c['bundle_ms']} ms"
+        elif c["design"] == "ds":
+            settings = f"N {c['batch']} / T {c['batch_ms']} ms"
+        elif c["design"] == "gateway":
+            settings = f"poll ≤ {c['batch']}"
+        if c.get("rate"):
+            settings += f", paced {c['rate']}/s"
+        settings += f", {c['n'] // 1000}k rows"
+        if "error" in b:
+            rate = f"failed: {b['error'][:80]}"
+        else:
+            other = ", ".join(f"{o} calls/s" if o else "failed" for o in others)
+            rate = f"{b['calls_per_s']} calls/s" + (f" ({other})" if other else "")
+        checks = ("yes" if b.get("exact") else "NO") + ", " + \
+            ("yes" if b.get("per_user_order") else "NO")
+        L.append(f"| {c['design']} | {settings} | {c['latency']} ms | {rate} | "
+                 f"{fmt(b.get('steady_calls_per_s'))} | {fmt(b.get('p50_ms'))} / "
+                 f"{fmt(b.get('p99_ms'))} | {checks} | {'**chosen**' if key == chosen else ''} |")
+    L += ["", "## Restore from a checkpoint: can a call be lost or repeated?", "",
+          "| design | lost? repeated? why |", "|---|---|"]
+    for d in ("sql", "ds", "gateway"):
+        L.append(f"| {DESIGN_NAMES[d]} | {RESTORE[d]} |")
+    clients = doc.get("clients") or []
+    if clients:
+        L += ["", "## The HTTP clients alone (no Flink)", "",
+              "30k FCM calls from one process, 256 in flight, keep-alive, the mock in its own "
+              "process; per core = calls / the client process's CPU seconds (better of two "
+              "runs, the other in brackets). herald = udfs/http_client.py.", "",
+              "| client | loop | mock latency | calls per client CPU-second | calls/s wall |",
+              "|---|---|---|---|---|"]
+        for row in clients:
+            if "skipped" in row:
+                L.append(f"| {row['client']} | {row['loop']} | {row['latency_ms']} ms | "
+                         f"skipped: {row['skipped']} | |")
+                continue
+            b = row.get("best") or {}
+            other = [r.get("calls_per_cpu_s") for r in row["runs"] if r != b]
+            L.append(f"| {row['client']} | {row['loop']} | {row['latency_ms']} ms | "
+                     f"{b.get('calls_per_cpu_s')} ({', '.join(map(str, other))}) | "
+                     f"{b.get('calls_per_s')} |")
+    L += ["", "## Reading", ""] + doc.get("reading", ["(written after the runs)"])
+    MD_PATH.write_text("\n".join(L) + "\n")
+
+
 # ================================================================ main
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["clients", "stages", "all", "report", "client-child",
+    ap.add_argument("what", choices=["clients", "stages", "all", "report", "one", "client-child",
                                      "stage-child"])
     ap.add_argument("--client")
     ap.add_argument("--loop", default="asyncio")
     ap.add_argument("--port", type=int)
     ap.add_argument("--n", type=int, default=30000)
     ap.add_argument("--users", type=int, default=10000)
-    ap.add_argument("--in-flight", type=int, default=256)
+    ap.add_argument("--in-flight", type=int, default=512)
+    ap.add_argument("--quick", action="store_true", help="a tenth of the rows (a smoke run)")
+    ap.add_argument("--only", help="run only the configurations whose key contains this")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--design", choices=sorted(STAGES))
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--bundle-ms", type=int, default=5)
+    ap.add_argument("--batch-ms", type=int, default=20)
+    ap.add_argument("--latency-ms", type=int, default=10)
+    ap.add_argument("--rate", type=int, default=0, help="datagen rows/s (0: as fast as it goes)")
     args = ap.parse_args(argv)
     if args.what == "client-child":
         client_child(args)
-    elif args.what == "clients":
-        rows = run_clients(args.n, args.repeats, args.in_flight, args.timeout)
+    elif args.what == "stage-child":
+        stage_child(args)
+    elif args.what == "one":
+        print(json.dumps(run_stage(args.design, args.latency_ms, args.n, args.users,
+                                   args.in_flight, args.timeout, args.batch, args.bundle_ms,
+                                   args.batch_ms, args.rate), indent=1))
+    elif args.what in ("clients", "all"):
+        rows = run_clients(30000, args.repeats, 256, args.timeout)
         save({"clients": rows})
+    if args.what in ("stages", "all"):
+        run_stages(args.repeats, args.in_flight, args.users, args.timeout, args.quick,
+                   args.only)
+    if args.what in ("stages", "all", "report", "clients"):
+        write_report()
 
 
 def save(update: dict) -> dict:
