@@ -104,6 +104,15 @@ def check_campaign_id(value: Any, field: str = "campaign_id") -> str:
     return campaign_id
 
 
+def check_channel_types(value: Any, field: str = "channels") -> None:
+    """Channels must be strings before they meet a set (an object in the list is not hashable)."""
+    if isinstance(value, list):
+        for ch in value:
+            if not isinstance(ch, str):
+                raise ValidationError(f"'{field}' must list channel names (strings), got "
+                                      f"{type(ch).__name__}", field)
+
+
 def check_segment_name(value: Any, field: str = "segment") -> str:
     name = _string({field: value}, field)
     if not SEGMENT_NAME.fullmatch(name):
@@ -163,6 +172,7 @@ def campaign_from_dict(obj: Mapping, *, now_ms: int | None = None,
     audience = _audience(obj, campaign_id, max_id_length)
     if obj.get("channels") is None:
         raise ValidationError("missing required field 'channels'", "channels", "missing_field")
+    check_channel_types(obj.get("channels"))
     channels = _channels(obj)
     content = _content(obj)
     created_at = _epoch_ms(obj, "created_at")

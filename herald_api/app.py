@@ -27,7 +27,8 @@ from herald_api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from herald_api.metrics import ApiMetrics
 from herald_api.openapi import build_openapi
 from herald_api.producer import Producer
-from herald_api.records import check_user_id, segment_from_dict, user_from_dict
+from herald_api.records import (check_notification_types, check_user_id, segment_from_dict,
+                                user_from_dict)
 from herald_api.store import AuditStore, IdempotencyStore, SegmentStore, UserStore
 
 log = logging.getLogger("herald_api")
@@ -162,6 +163,10 @@ def validated(parse: Callable[[], Any]) -> Any:
         return parse()
     except ValidationError as exc:
         raise ApiError.from_validation(exc) from None
+    except (TypeError, ValueError) as exc:  # a reader met a JSON type it did not expect
+        log.warning("validation raised %s instead of ValidationError: %s", type(exc).__name__, exc)
+        raise ApiError(422, "invalid", "a field has a JSON type the contract does not allow",
+                       None) from None
 
 
 def path_id(request: web.Request, name: str, check: Callable[[Any, str], str]) -> str:
@@ -254,6 +259,7 @@ async def post_notification(request: web.Request) -> web.Response:
     obj = await read_object(request, settings.api_max_body_bytes)
     check_tenant(obj, tenant)
     header_key = idempotency_key(request)
+    validated(lambda: check_notification_types(obj))
     n = validated(lambda: notification_from_dict(
         obj, default_ttl_ms=settings.critical_default_ttl_ms))
     if n.is_expired(now):

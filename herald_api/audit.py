@@ -35,7 +35,7 @@ def status_from_dict(obj: Mapping) -> dict:
     _string(obj, "id")
     _string(obj, "tenant_id")
     state = obj.get("state")
-    if state not in states.STATES:
+    if not isinstance(state, str) or state not in states.STATES:
         raise ValidationError(f"'state' must be one of {', '.join(sorted(states.STATES))}, "
                               f"got {state!r}", "state")
     _epoch_ms(obj, "at")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from herald import states
-from herald.campaigns import check_segment_name, check_user_ids
+from herald.campaigns import check_channel_types, check_segment_name, check_user_ids
 from herald.errors import ValidationError
 from herald.models import MAX_ID_LENGTH, Contacts, _contacts, _string
 
@@ -72,6 +72,16 @@ class UserRecord:
                    quiet_hours=quiet)
 
 
+def check_notification_types(obj: Mapping) -> None:
+    """Type checks the notification reader misses: it tests ``priority`` and the channel names
+    against sets, which raises TypeError (not ValidationError) for a JSON object or list."""
+    priority = obj.get("priority")
+    if priority is not None and not isinstance(priority, str):
+        raise ValidationError(f"'priority' must be 'critical' or 'promotional', got "
+                              f"{type(priority).__name__}", "priority")
+    check_channel_types(obj.get("channels"))
+
+
 def check_user_id(value: Any, field: str = "user_id") -> str:
     return _string({field: value}, field, max_len=MAX_ID_LENGTH)
 
@@ -83,12 +93,16 @@ def _quiet_hours(obj: Mapping) -> QuietHours | None:
     if not isinstance(q, Mapping):
         raise ValidationError(f"'quiet_hours' must be an object, got {type(q).__name__}",
                               "quiet_hours")
+    def text(name: str, max_len: int) -> str:
+        label = f"quiet_hours.{name}"  # the reader names a missing field without its prefix
+        return _string({label: q.get(name)}, label, max_len=max_len)
+
     for name in ("start", "end"):
-        value = _string(q, name, prefix="quiet_hours.", max_len=5)
+        value = text(name, 5)
         if not CLOCK.fullmatch(value):
             raise ValidationError(f"'quiet_hours.{name}' must be a 24-hour 'HH:MM', got {value!r}",
                                   f"quiet_hours.{name}")
-    tz = _string(q, "tz", prefix="quiet_hours.", max_len=64)
+    tz = text("tz", 64)
     try:
         zoneinfo.ZoneInfo(tz)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):

@@ -252,16 +252,17 @@ def test_records_that_are_not_status_events_go_to_the_dlq(settings, tenant, cons
         ("bad-1", b"{not json"),
         ("bad-2", orjson.dumps(dict(good, id="n-bad", state="sent"))),
         ("bad-3", orjson.dumps(dict(good, id="n-bad3", at=17))),
+        ("bad-4", orjson.dumps(dict(good, id="n-bad4", state={"not": "hashable"}))),
         ("n-ok", orjson.dumps(good)),
     ])
     consumer = consumers()
-    assert consumer.drain() == 4
-    assert consumer.dead_lettered == 3 and consumer.written == 1
+    assert consumer.drain() == 5
+    assert consumer.dead_lettered == 4 and consumer.written == 1
     assert read_notification(settings, tenant, "n-ok")["state"] == "delivered"
     assert read_notification(settings, tenant, "n-bad") is None
-    dlq = read_until(settings.kafka_bootstrap, settings.topic_dlq, lambda r: len(r) >= 3)
+    dlq = read_until(settings.kafka_bootstrap, settings.topic_dlq, lambda r: len(r) >= 4)
     by_key = {r["_key"]: r for r in dlq}
-    assert set(by_key) == {"bad-1", "bad-2", "bad-3"}
+    assert set(by_key) == {"bad-1", "bad-2", "bad-3", "bad-4"}
     assert all(r["stage"] == "audit" for r in dlq)
     assert by_key["bad-1"]["raw"] == "{not json" and "malformed JSON" in by_key["bad-1"]["reason"]
     assert "'state' must be one of" in by_key["bad-2"]["reason"]

@@ -88,6 +88,8 @@ def test_a_campaign_in_the_future_is_not_expired():
     ({"channels": []}, "channels", "non-empty list"),
     ({"channels": ["fax"]}, "channels", "unknown channel 'fax'"),
     ({"channels": ["push", "push"]}, "channels", "twice"),
+    ({"channels": [{}]}, "channels", "channel names (strings), got dict"),
+    ({"channels": [["push"]]}, "channels", "channel names (strings), got list"),
     ({"content": {"title": "no body"}}, "content.body", "needs a 'body' or a 'template'"),
     ({"content": "hello"}, "content", "must be an object"),
     ({"audience": "everyone"}, "audience", "must be an object"),
