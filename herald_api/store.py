@@ -3,32 +3,24 @@ move to Parquet) without touching the handlers.
 
 Key layout (``{tenant}`` is a configured tenant name: no ``:`` in it):
 
-=============================================  ======  ==============================================
-key                                            type    holds
-=============================================  ======  ==============================================
-``herald:user:{tenant}:{user_id}``             hash    flat user record (``UserRecord.to_hash``) +
-                                                       ``updated_at``
-``herald:segment:{tenant}:{name}``             list    the segment's user ids, in the order given
-``herald:segment:{tenant}:{name}:meta``        hash    ``count``, ``updated_at``
-``herald:idem:{tenant}:{scope}:{key}``         string  first answer ``{"status", "body"}`` (or a
-                                                       pending marker while the first request runs);
-                                                       scopes ``ntf`` (id), ``cmp`` (campaign id),
-                                                       ``hdr:{route}`` (Idempotency-Key)
-``herald:audit:{tenant}:{id}``                 hash    latest ``state``/``at``/``rank``, ``id``,
-                                                       ``tenant_id``, ``user_id``, ``priority``,
-                                                       ``campaign_id``, ``enqueued_at`` (API),
-                                                       ``counted:{state}`` markers
-``herald:audit:{tenant}:{id}:attempts``        hash    one field per distinct event
-                                                       ``{at}|{attempt}|{state}|{channel}|{provider}``
-                                                       → the Status event JSON
-``herald:campaign:{tenant}:{campaign_id}``     hash    what the API accepted: ``accepted_at``,
-                                                       ``expires_at``, ``send_at``, ``audience``,
-                                                       ``cancel_requested_at``
-``herald:campaign:{tenant}:{campaign_id}:counts``  hash  per state: distinct recipients that reached it;
-                                                       ``recipients`` (distinct ids seen);
-                                                       ``campaign_state``/``campaign_state_at`` for
-                                                       campaign-level events (id == campaign_id)
-=============================================  ======  ==============================================
+- ``herald:user:{tenant}:{user_id}`` (hash): the flat user record (``UserRecord.to_hash``:
+  ``user_id``, ``push_token``, ``platform``, ``phone``, ``email``, ``locale``, ``opt_outs``
+  comma-joined, ``quiet_start``, ``quiet_end``, ``quiet_tz``) and ``updated_at``.
+- ``herald:segment:{tenant}:{name}`` (list): the segment's user ids, in the order given;
+  ``herald:segment:{tenant}:{name}:meta`` (hash): ``count``, ``updated_at``.
+- ``herald:idem:{tenant}:{scope}:{key}`` (string): the first answer ``{"status", "body"}``, or
+  a pending marker while the first request runs. Scopes: ``ntf`` (notification id), ``cmp``
+  (campaign id), ``hdr:{route}`` (an ``Idempotency-Key`` header).
+- ``herald:audit:{tenant}:{id}`` (hash): the latest ``state``, its ``at`` and ``rank``; ``id``,
+  ``tenant_id``, ``user_id``, ``priority``, ``campaign_id``; ``enqueued_at`` (set by the API);
+  ``counted:{state}`` and ``counted:*`` markers so campaign counts move once per (id, state).
+- ``herald:audit:{tenant}:{id}:attempts`` (hash): one field per distinct Status event,
+  ``{at}|{attempt}|{state}|{channel}|{provider}``, whose value is the event's JSON.
+- ``herald:campaign:{tenant}:{campaign_id}`` (hash): what the API accepted: ``accepted_at``,
+  ``created_at``, ``expires_at``, ``send_at``, ``audience``, ``cancel_requested_at``.
+- ``herald:campaign:{tenant}:{campaign_id}:counts`` (hash): per state, the distinct recipients
+  that reached it; ``recipients`` (distinct ids seen); ``campaign_state``/``campaign_state_at``
+  from campaign-level events (a Status event whose ``id`` is the campaign id).
 
 Audit keys expire ``audit_retention_s`` after their last write; idempotency keys after
 ``api_idempotency_ttl_s``. Users and segments do not expire.

@@ -584,6 +584,48 @@ def test_segment_violations_are_422(api, path, body, field):
     error_of(call(api, "PUT", path, body), 422, None, field)
 
 
+# ---------------------------------------------------------------- backing stores down: 503
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FailingOnceProducer:
+    """Stands in for Kafka refusing one record: the first send fails, later ones are counted."""
+
+    def __init__(self):
+        self.sent: list[tuple[str, str, str]] = []
+        self.failed = 0
+
+    async def send(self, role: str, topic: str, key: str, value: bytes) -> None:
+        from herald_api.errors import Unavailable
+        if not self.failed:
+            self.failed += 1
+            raise Unavailable("Kafka did not acknowledge the record (timed out)")
+        self.sent.append((role, topic, key))
+
+
+def test_a_failed_produce_is_503_and_forgotten_so_a_retry_enqueues(api_settings, ids):
+    producer, nid = FailingOnceProducer(), ids()
+    with ApiServer(api_settings, producer=producer) as server:
+        first = call(server, "POST", "/v1/notifications", notification(nid))
+        error_of(first, 503, "unavailable", None)
+        assert first.headers["Retry-After"] == "1"
+        retry = call(server, "POST", "/v1/notifications", notification(nid))
+        assert retry.status_code == 202 and "Idempotent-Replayed" not in retry.headers
+    assert producer.sent == [("critical", api_settings.topic_critical, f"user-{nid}")]
+
+
+def test_redis_down_is_503_not_500(api_settings, ids):
+    with ApiServer(api_settings.replace(redis_port=free_port())) as server:
+        error_of(call(server, "POST", "/v1/notifications", notification(ids())), 503,
+                 "unavailable", None)
+        error_of(call(server, "GET", "/v1/notifications/x"), 503, "unavailable", None)
+        assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+
+
 # ---------------------------------------------------------------- health, metrics, document
 
 def test_healthz_needs_no_key(api):
@@ -651,9 +693,7 @@ def test_generated_requests_never_get_a_5xx_and_match_the_document(case, api):
 # ---------------------------------------------------------------- the command
 
 def test_the_api_command_serves_until_terminated(api_settings):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, **settings_env(api_settings), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "herald_api", "--port", str(port)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
