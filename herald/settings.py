@@ -65,6 +65,10 @@ class Settings:
     sendgrid_url: str = "http://127.0.0.1:18104"
     sendgrid_api_key: str = _secret()
     sendgrid_from: str = "herald@example.com"
+    # Released notifications are sent in batches collected over this window, per class:
+    # a few ms for critical (latency), longer for promotional (throughput).
+    critical_batch_window_ms: int = 10
+    promo_batch_window_ms: int = 50
     provider_timeout_s: float = 10.0
     provider_max_in_flight: int = 256
 

@@ -185,8 +185,13 @@ class Stack:
                                     *self.flink_dynamic_props()], env=env)
         wait_until(lambda: port_open("127.0.0.1", port), "flink jobmanager", 90, jm,
                    self.jobmanager.log)
-        tm = self.taskmanager.start(["bash", str(bin_dir / "taskmanager.sh"), "start-foreground",
-                                     *self.flink_dynamic_props()], env=env)
+        self.start_taskmanager()
+
+    def start_taskmanager(self) -> None:
+        port = self.s.flink_rest_port
+        tm = self.taskmanager.start(["bash", str(PYFLINK_HOME / "bin" / "taskmanager.sh"),
+                                     "start-foreground", *self.flink_dynamic_props()],
+                                    env=self.flink_env())
         wait_until(lambda: _flink_has_taskmanager(port), "flink taskmanager", 90, tm,
                    self.taskmanager.log)
 

@@ -40,6 +40,18 @@ def _tail(log: Path | None) -> str:
     return "\n  " + "\n  ".join(lines)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our child
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class Managed:
     """One background process known by its pid file."""
 
@@ -71,6 +83,14 @@ class Managed:
                                 start_new_session=True)
         self.pid_file.write_text(str(proc.pid))
         return proc
+
+    def kill(self) -> None:
+        """kill -9 the process group: a crash, not a shutdown."""
+        pid = self.pid()
+        if pid is not None:
+            os.killpg(pid, signal.SIGKILL)
+            wait_until(lambda: not _alive(pid), f"{self.name} to die", 30)
+        self.pid_file.unlink(missing_ok=True)
 
     def stop(self, timeout_s: float = 20.0) -> bool:
         pid = self.pid()

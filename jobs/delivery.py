@@ -14,27 +14,45 @@ if __package__ in (None, ""):  # `flink run -py jobs/delivery.py` runs this file
 
 from herald import states
 from herald.settings import Settings, load_settings
-from jobs.common import latest_checkpoint, make_environments, register_tables
+from jobs.common import latest_checkpoint, make_environments, register_tables, sql_statements
 
 
 def build_pipeline(env, t_env, settings: Settings) -> None:
-    """Wire the critical delivery path; sources and sinks are the tables in sql/kafka_tables.sql."""
+    """Wire both classes; sources and sinks are the tables in sql/kafka_tables.sql."""
     from pyflink.common import Types
-    from operators.delivery import DeliveryFunction
-    from operators.rows import DLQ_TAG, KEYED_PAYLOAD
+    from pyflink.table import DataTypes, Schema
+    from operators.calls import CallBatchFunction
+    from operators.gate import GateFunction
+    from operators.rows import DLQ_TAG, KEYED_PAYLOAD, RELEASED, STATUS_TAG
 
     register_tables(t_env, "kafka_tables.sql", settings)
     statements = t_env.create_statement_set()
+    shards = env.get_parallelism()
+    classes = (("critical_in", states.CRITICAL, settings.critical_batch_window_ms),
+               ("promo_in", states.PROMOTIONAL, settings.promo_batch_window_ms))
     # One chain per class, each in its own slot sharing group: a campaign's backlog backs up
     # its own chain and never the critical one.
-    for table, priority in (("critical_in", states.CRITICAL), ("promo_in", states.PROMOTIONAL)):
-        delivered = (t_env.to_data_stream(t_env.from_path(table))
-                     .key_by(lambda r: r.user_id or r.k or "", key_type=Types.STRING())
-                     .process(DeliveryFunction(settings, priority), output_type=KEYED_PAYLOAD)
-                     .name(f"deliver-{priority}").uid(f"deliver-{priority}")
-                     .slot_sharing_group(priority))
-        statements.add_insert("status_out", t_env.from_data_stream(delivered))
-        statements.add_insert("dlq_out", t_env.from_data_stream(delivered.get_side_output(DLQ_TAG)))
+    for table, priority, window_ms in classes:
+        released = (t_env.to_data_stream(t_env.from_path(table))
+                    .key_by(lambda r: r.user_id or r.k or "", key_type=Types.STRING())
+                    .process(GateFunction(settings, priority, shards), output_type=RELEASED)
+                    .name(f"gate-{priority}").uid(f"gate-{priority}")
+                    .slot_sharing_group(priority))
+        t_env.create_temporary_view(f"released_{priority}", t_env.from_data_stream(
+            released, Schema.new_builder().column("shard", DataTypes.INT())
+            .column("payload", DataTypes.STRING()).column_by_expression("pt", "PROCTIME()")
+            .build()))
+        batches = t_env.sql_query(sql_statements("batches.sql", settings,
+                                                 table=f"released_{priority}",
+                                                 window_s=f"{window_ms / 1000:.3f}")[0])
+        sent = (t_env.to_data_stream(batches)
+                .flat_map(CallBatchFunction(settings), output_type=KEYED_PAYLOAD)
+                .name(f"call-{priority}").uid(f"call-{priority}")
+                .slot_sharing_group(priority))
+        for stream, sink in ((sent, "status_out"),
+                             (released.get_side_output(STATUS_TAG), "status_out"),
+                             (released.get_side_output(DLQ_TAG), "dlq_out")):
+            statements.add_insert(sink, t_env.from_data_stream(stream))
     statements.attach_as_datastream()
 
 

@@ -1,4 +1,4 @@
-"""Row types that cross between Python operators and the Java (SQL) Kafka sinks."""
+"""Row types that cross between Python operators and the Java (SQL) parts of a job."""
 from __future__ import annotations
 
 from pyflink.common import Row, Types
@@ -6,7 +6,10 @@ from pyflink.datastream import OutputTag
 
 # (id, payload): the Kafka key and the JSON value of a status or dead-letter record.
 KEYED_PAYLOAD = Types.ROW_NAMED(["id", "payload"], [Types.STRING(), Types.STRING()])
+# (shard, payload): a released notification on its way to the batching window.
+RELEASED = Types.ROW_NAMED(["shard", "payload"], [Types.INT(), Types.STRING()])
 DLQ_TAG = OutputTag("dlq", KEYED_PAYLOAD)
+STATUS_TAG = OutputTag("status", KEYED_PAYLOAD)
 
 
 def keyed_payload(key: str, payload: bytes) -> Row:

@@ -1,58 +1,86 @@
-"""The provider-call stage: given the notifications a user's gate released, in order, send each
-once and report a Status for each.
+"""The provider-call stage: a whole batch of released notifications, sent at once.
 
-Every attempt first checks expiry against the wall clock and claims the id in Redis
-(`udfs.markers`), so neither a late release nor a replay after a restore reaches the provider.
+The batch arrives from a Flink SQL window (Java collects it; Python is entered once per batch,
+not once per record). Per batch: expiry is checked against the wall clock, the ids are claimed
+in Redis in one round trip (`udfs.markers`), every request goes out concurrently on a lean
+keep-alive client with one user's requests chained so they reach the provider in order, the
+answers are classified by the provider adapters, and the markers are written in one round trip.
 """
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Sequence
 
 import redis
 
 from herald import states
 from herald.models import Notification, Status
 from herald.providers.base import clock_ms
+from herald.providers.exceptions import ProviderError
+from herald.providers.registry import Registry
 from herald.settings import Settings
+from udfs.http_client import BlockingBatchClient, HttpClientError
 from udfs.markers import SentMarkers
-from udfs.provider_calls import BlockingSender
 
 RESENT_AFTER_CRASH = "in flight at a crash; re-sent (at-least-once for the ambiguous call)"
 
 
-class SequentialCalls:
-    """One call at a time, in order: the skeleton's stage, kept as the correctness reference."""
+class BatchCalls:
+    """Send a batch of notifications (in per-user order) and report one Status per notification."""
 
-    def __init__(self, settings: Settings):
-        self.sender = BlockingSender(settings)
+    def __init__(self, settings: Settings, registry: Registry | None = None):
+        self.settings = settings
+        self.registry = registry or Registry()
+        self.client = BlockingBatchClient(max_connections=settings.provider_max_in_flight,
+                                          timeout_s=settings.provider_timeout_s)
         self.redis = redis.Redis(host=settings.redis_host, port=settings.redis_port)
         self.markers = SentMarkers(self.redis, settings.dedup_ttl_ms)
 
     def close(self) -> None:
-        self.sender.close()
+        self.client.close()
         self.redis.close()
 
-    def send_all(self, batch: list[Notification]) -> list[Status]:
+    def send_all(self, batch: Sequence[Notification]) -> list[Status]:
         at = clock_ms()
-        live = [n for n in batch if not n.is_expired(at)]
-        out = [Status.of(n, states.EXPIRED, at, detail="expired before the provider call")
-               for n in batch if n.is_expired(at)]
+        out: list[Status] = []
+        live = []
+        for n in batch:
+            if n.is_expired(at):
+                out.append(Status.of(n, states.EXPIRED, at, detail="expired before the provider call"))
+            else:
+                live.append(n)
         sent_before, in_flight_at_crash = self.markers.claim([n.id for n in live])
+        calls, requests = [], []
         for n in live:
             if n.id in sent_before:
-                out.append(Status.of(n, states.DUPLICATE, clock_ms(),
+                out.append(Status.of(n, states.DUPLICATE, at,
                                      detail="a provider accepted this id before (sent marker)"))
                 continue
-            status = self.sender.send(n)
-            if status.state == states.DELIVERED:
-                self.markers.confirm([n.id])
+            channel = n.channels[0]
+            try:
+                adapter = self.registry.for_channel(channel, n.to.platform)
+                requests.append(adapter.build_request(n, n.to, self.settings, now_ms=at))
+                calls.append((n, channel, adapter))
+            except ProviderError as exc:
+                out.append(Status.of(n, states.FAILED, at, channel=channel, detail=str(exc)))
+        answers = self.client.send_batch(requests, self.settings.provider_max_in_flight,
+                                         keys=[n.user_id for n, _, _ in calls]) if requests else []
+        done = clock_ms()
+        accepted, released = [], [n.id for n in live if n.id not in sent_before]
+        for (n, channel, adapter), answer in zip(calls, answers):
+            outcome = (adapter.transport_error(answer) if isinstance(answer, HttpClientError)
+                       else adapter.classify(answer.status, answer.headers, answer.body))
+            status = Status.of(n, states.DELIVERED if outcome.ok else states.FAILED, done,
+                               channel=channel, provider=adapter.name, attempt=1,
+                               latency_ms=done - n.created_at, detail=outcome.detail or None)
+            if outcome.ok:
+                accepted.append(n.id)
                 if n.id in in_flight_at_crash:
                     status = replace(status, detail=RESENT_AFTER_CRASH)
-            else:
-                self.markers.release([n.id])
             out.append(status)
+        self.markers.settle(accepted, set(released) - set(accepted))
         return out
 
 
-def make_call_stage(settings: Settings) -> SequentialCalls:
-    return SequentialCalls(settings)
+def make_call_stage(settings: Settings) -> BatchCalls:
+    return BatchCalls(settings)

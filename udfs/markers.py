@@ -43,18 +43,13 @@ class SentMarkers:
         crashed = {i for i, fresh in zip(ids, claimed) if not fresh and i not in already}
         return already, crashed
 
-    def confirm(self, ids: Iterable[str]) -> None:
-        """The provider accepted these: mark them sent, drop the claims (one round trip)."""
-        self._write(ids, sent=True)
-
-    def release(self, ids: Iterable[str]) -> None:
-        """Not sent after all (failed, expired, handed to a retry): drop the claims."""
-        self._write(ids, sent=False)
-
-    def _write(self, ids: Iterable[str], sent: bool) -> None:
+    def settle(self, accepted: Iterable[str], not_sent: Iterable[str] = ()) -> None:
+        """Mark ``accepted`` sent and drop every claim, these and ``not_sent`` (one round trip)."""
         pipe = self.client.pipeline(transaction=False)
-        for i in ids:
-            if sent:
-                pipe.set(SENT.format(i), b"1", px=self.ttl_ms)
+        for i in accepted:
+            pipe.set(SENT.format(i), b"1", px=self.ttl_ms)
             pipe.delete(SENDING.format(i))
-        pipe.execute()
+        for i in not_sent:
+            pipe.delete(SENDING.format(i))
+        if len(pipe):
+            pipe.execute()
