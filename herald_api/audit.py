@@ -81,9 +81,12 @@ class AuditConsumer:
                                                  port=settings.redis_port, socket_timeout=10)
         self.writer = AuditWriter(self.redis, settings.audit_retention_s)
         self.consumer = KafkaConsumer(
-            settings.topic_status, bootstrap_servers=settings.kafka_bootstrap,
-            group_id=settings.audit_consumer_group, enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_records=2000)
+            bootstrap_servers=settings.kafka_bootstrap, group_id=settings.audit_consumer_group,
+            enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=2000)
+        # Know the topic's partitions before joining: a leader that joins without them assigns
+        # nothing, and the rebalance that follows can stall the first assignment.
+        self.consumer.partitions_for_topic(settings.topic_status)
+        self.consumer.subscribe([settings.topic_status])
         self._dlq: KafkaProducer | None = None
         self.stop = threading.Event()
         self.written = self.replayed = self.dead_lettered = 0
