@@ -22,6 +22,8 @@ CANCEL_CAMPAIGN = "cancel_campaign"
 # A segment name is used in storage keys and file names: keep it to a safe alphabet.
 SEGMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 SEGMENT_NAME_RULE = "1-128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit"
+# Latest epoch in ms accepted anywhere (year 2286): keeps arithmetic on epochs within 64 bits.
+MAX_EPOCH_MS = 9_999_999_999_999
 # The separator of derived recipient ids, ``{campaign_id}:{user_id}``.
 RECIPIENT_SEPARATOR = ":"
 
@@ -89,8 +91,20 @@ class CancelCampaign:
 
 
 def _iso(epoch_ms: int) -> str:
-    return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc).strftime(
-        "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    try:
+        return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc).strftime(
+            "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    except (OverflowError, OSError, ValueError):
+        return f"{epoch_ms} ms"
+
+
+def check_epoch_range(obj: Mapping, *names: str) -> None:
+    """Epochs past ``MAX_EPOCH_MS`` are refused: a TTL added to one must still fit in 64 bits."""
+    for name in names:
+        value = obj.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > MAX_EPOCH_MS:
+            raise ValidationError(f"'{name}' is beyond the year 2286 ({value} > {MAX_EPOCH_MS} "
+                                  "epoch ms)", name)
 
 
 def check_campaign_id(value: Any, field: str = "campaign_id") -> str:
@@ -175,6 +189,7 @@ def campaign_from_dict(obj: Mapping, *, now_ms: int | None = None,
     check_channel_types(obj.get("channels"))
     channels = _channels(obj)
     content = _content(obj)
+    check_epoch_range(obj, "created_at", "expires_at", "send_at")
     created_at = _epoch_ms(obj, "created_at")
     expires_at = _epoch_ms(obj, "expires_at")
     if expires_at <= created_at:

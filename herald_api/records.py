@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from herald import states
-from herald.campaigns import check_channel_types, check_segment_name, check_user_ids
+from herald.campaigns import (check_channel_types, check_epoch_range, check_segment_name,
+                              check_user_ids)
 from herald.errors import ValidationError
 from herald.models import MAX_ID_LENGTH, Contacts, _contacts, _string
 
@@ -73,13 +74,15 @@ class UserRecord:
 
 
 def check_notification_types(obj: Mapping) -> None:
-    """Type checks the notification reader misses: it tests ``priority`` and the channel names
-    against sets, which raises TypeError (not ValidationError) for a JSON object or list."""
+    """Checks the notification reader misses: it tests ``priority`` and the channel names
+    against sets, which raises TypeError (not ValidationError) for a JSON object or list, and
+    adds the default TTL to ``created_at``, which must stay within 64 bits for the JSON out."""
     priority = obj.get("priority")
     if priority is not None and not isinstance(priority, str):
         raise ValidationError(f"'priority' must be 'critical' or 'promotional', got "
                               f"{type(priority).__name__}", "priority")
     check_channel_types(obj.get("channels"))
+    check_epoch_range(obj, "created_at", "expires_at", "send_at")
 
 
 def check_user_id(value: Any, field: str = "user_id") -> str:

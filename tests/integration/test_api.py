@@ -378,6 +378,7 @@ def test_segments_have_their_own_larger_limit(api):
     ({"priority": ["critical"]}, "priority", "invalid"),
     ({"channels": [{}]}, "channels", "invalid"),
     ({"channels": [["push"]]}, "channels", "invalid"),
+    ({"created_at": 2**64 - 1, "expires_at": None}, "created_at", "invalid"),  # + TTL: > 64 bits
 ])
 def test_contract_violations_are_422_naming_the_field(api, ids, changes, field, code):
     body = notification(ids())

@@ -89,6 +89,8 @@ def test_a_campaign_in_the_future_is_not_expired():
     ({"channels": ["fax"]}, "channels", "unknown channel 'fax'"),
     ({"channels": ["push", "push"]}, "channels", "twice"),
     ({"channels": [{}]}, "channels", "channel names (strings), got dict"),
+    ({"expires_at": 2**64 - 1}, "expires_at", "beyond the year 2286"),
+    ({"send_at": 10**13}, "send_at", "beyond the year 2286"),
     ({"channels": [["push"]]}, "channels", "channel names (strings), got list"),
     ({"content": {"title": "no body"}}, "content.body", "needs a 'body' or a 'template'"),
     ({"content": "hello"}, "content", "must be an object"),
