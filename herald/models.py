@@ -14,6 +14,7 @@ from herald import states
 from herald.errors import ValidationError
 
 MAX_ID_LENGTH = 256
+MAX_EPOCH_MS = 10**13  # 2286-11-20: keeps created_at + any TTL inside 64 bits
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +106,10 @@ def dead_letter(raw: bytes | str | Mapping, reason: str, stage: str, at: int) ->
 
 # ---------------------------------------------------------------- field readers
 
-def _require(obj: Mapping, name: str) -> Any:
+def _require(obj: Mapping, name: str, prefix: str = "") -> Any:
     if name not in obj or obj[name] is None:
-        raise ValidationError(f"missing required field '{name}'", name, "missing_field")
+        label = prefix + name
+        raise ValidationError(f"missing required field '{label}'", label, "missing_field")
     return obj[name]
 
 
@@ -115,7 +117,7 @@ def _string(obj: Mapping, name: str, *, required: bool = True, max_len: int = MA
             prefix: str = "") -> str | None:
     if not required and obj.get(name) is None:
         return None
-    value = _require(obj, name)
+    value = _require(obj, name, prefix)
     label = prefix + name
     if not isinstance(value, str):
         raise ValidationError(f"'{label}' must be a string, got {type(value).__name__}", label)
@@ -137,6 +139,8 @@ def _epoch_ms(obj: Mapping, name: str, *, required: bool = True) -> int | None:
         raise ValidationError(f"'{name}' must be a positive epoch in milliseconds", name)
     if value < 10**11:
         raise ValidationError(f"'{name}' looks like seconds, not milliseconds: {value}", name)
+    if value >= MAX_EPOCH_MS:
+        raise ValidationError(f"'{name}' is past the year 2286: {value}", name)
     return value
 
 
@@ -158,11 +162,11 @@ def _channels(obj: Mapping) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
         raise ValidationError("'channels' must be a non-empty list", "channels")
     for ch in value:
-        if ch not in states.CHANNELS:
+        if not isinstance(ch, str) or ch not in states.CHANNELS:
             raise ValidationError(
                 f"unknown channel {ch!r} in 'channels' (known: {', '.join(sorted(states.CHANNELS))})",
                 "channels")
-    if len(set(value)) != len(value):
+    if len(set(value)) != len(value):  # all strings by now, so hashable
         raise ValidationError("'channels' lists a channel twice", "channels")
     return tuple(value)
 
@@ -221,7 +225,7 @@ def notification_from_dict(obj: Mapping, *, expected_priority: str | None = None
                            default_ttl_ms: int = 300_000) -> Notification:
     """Validate one Notification; ``expected_priority`` is the class of the topic it came from."""
     priority = obj.get("priority", expected_priority)
-    if priority not in states.PRIORITIES:
+    if not isinstance(priority, str) or priority not in states.PRIORITIES:
         raise ValidationError(f"'priority' must be 'critical' or 'promotional', got {priority!r}",
                               "priority")
     if expected_priority is not None and priority != expected_priority:

@@ -113,3 +113,16 @@ def test_status_carries_the_contract_fields_and_no_nulls():
     assert s == {"id": "ntf-1", "tenant_id": "acme", "user_id": "u-1", "priority": "critical",
                  "state": "delivered", "at": NOW, "channel": "push", "provider": "apns",
                  "attempt": 1, "latency_ms": 12}
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"priority": {}}, "priority"),
+    ({"priority": ["critical"]}, "priority"),
+    ({"channels": [{}]}, "channels"),
+    ({"channels": [["push"]]}, "channels"),
+    ({"created_at": 10**19}, "created_at"),
+])
+def test_unhashable_or_huge_values_are_validation_errors_not_crashes(changes, field):
+    with pytest.raises(ValidationError) as e:
+        parse(record(**changes))
+    assert e.value.field == field
