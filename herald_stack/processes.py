@@ -109,6 +109,9 @@ class Managed:
                 pass
             time.sleep(0.1)
         if self.pid() is not None:
-            os.killpg(pid, signal.SIGKILL)
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.pid_file.unlink(missing_ok=True)
         return True
