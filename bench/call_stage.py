@@ -239,7 +239,8 @@ def run_clients(n: int, repeats: int, in_flight: int, timeout: float) -> list[di
 MAX_TS = 2**63 - 2  # an event-time timer here fires once the bounded input has ended
 
 
-def flink_environments(mode: str, checkpoint_dir: str, batch: int = 1000, bundle_ms: int = 5):
+def flink_environments(mode: str, checkpoint_dir: str, batch: int = 1000, bundle_ms: int = 5,
+                       bundle_size: int = 0):
     """A parallelism-1 MiniCluster job with checkpoints every 5 s, as the delivery job has."""
     from jobs.common import python_env_ready
     python_env_ready()
@@ -257,7 +258,9 @@ def flink_environments(mode: str, checkpoint_dir: str, batch: int = 1000, bundle
     conf.set_string("execution.buffer-timeout", "5 ms")
     conf.set_string("rest.bind-port", "0")
     conf.set_string("python.fn-execution.arrow.batch.size", str(batch))
-    conf.set_string("python.fn-execution.bundle.size", str(batch))
+    # a bundle's end is a sync point (the JVM waits for every result of the bundle), so a
+    # bundle of several Arrow batches lets the JVM feed the next batch while Python sends one
+    conf.set_string("python.fn-execution.bundle.size", str(max(batch, bundle_size)))
     conf.set_string("python.fn-execution.bundle.time", str(bundle_ms))
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(1)
@@ -354,7 +357,8 @@ def sql_stage(args) -> dict:
             return pd.Series(self.stage.run(i.tolist(), u.tolist(), c.tolist()))
 
     with tempfile.TemporaryDirectory(prefix="herald-bench-ck-") as ck:
-        env, t_env = flink_environments("process", ck, args.batch, args.bundle_ms)
+        env, t_env = flink_environments("process", ck, args.batch, args.bundle_ms,
+                                        args.bundle_size)
         query = datagen(t_env, args.n, args.users, args.rate)
         t_env.create_temporary_function(
             "send_fcm", udf(SendBatch(f"http://127.0.0.1:{args.port}", args.in_flight),
@@ -482,18 +486,20 @@ def stage_child(args) -> None:
 
 
 def run_stage(design: str, latency: int, n: int, users: int, in_flight: int, timeout: float,
-              batch: int, bundle_ms: int = 5, batch_ms: int = 20, rate: int = 0) -> dict:
+              batch: int, bundle_ms: int = 5, batch_ms: int = 20, rate: int = 0,
+              bundle_size: int = 0) -> dict:
     """One measurement: a fresh mock, the design in a child process group (killed at the
     timeout), then the mock's log read back."""
     run: dict = {"design": design, "latency_ms": latency, "n": n, "batch": batch,
                  "bundle_ms": bundle_ms if design == "sql" else None,
                  "batch_ms": batch_ms if design == "ds" else None, "in_flight": in_flight,
-                 "rate": rate or None}
+                 "rate": rate or None, "bundle_size": bundle_size or None}
     with Mock("fcm", latency) as mock:
         cmd = [sys.executable, __file__, "stage-child", "--design", design, "--port",
                str(mock.port), "--n", str(n), "--users", str(users), "--in-flight",
                str(in_flight), "--batch", str(batch), "--bundle-ms", str(bundle_ms),
-               "--batch-ms", str(batch_ms), "--timeout", str(timeout), "--rate", str(rate)]
+               "--batch-ms", str(batch_ms), "--timeout", str(timeout), "--rate", str(rate),
+               "--bundle-size", str(bundle_size)]
         log = tempfile.TemporaryFile(mode="w+")
         note = Path(mock.dir.name) / "note.jsonl"
         env = bench_env()
@@ -759,6 +765,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--design", choices=sorted(STAGES))
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--bundle-ms", type=int, default=5)
+    ap.add_argument("--bundle-size", type=int, default=0, help="records per bundle (0: batch)")
     ap.add_argument("--batch-ms", type=int, default=20)
     ap.add_argument("--latency-ms", type=int, default=10)
     ap.add_argument("--rate", type=int, default=0, help="datagen rows/s (0: as fast as it goes)")
@@ -770,7 +777,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.what == "one":
         print(json.dumps(run_stage(args.design, args.latency_ms, args.n, args.users,
                                    args.in_flight, args.timeout, args.batch, args.bundle_ms,
-                                   args.batch_ms, args.rate), indent=1))
+                                   args.batch_ms, args.rate, args.bundle_size), indent=1))
     elif args.what in ("clients", "all"):
         rows = run_clients(30000, args.repeats, 256, args.timeout)
         save({"clients": rows})

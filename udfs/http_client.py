@@ -280,7 +280,7 @@ class _Connection(asyncio.Protocol):
     def _drop(self) -> None:
         """Close for good; the pool stops counting it at once (not at connection_lost)."""
         if self.transport is not None:
-            self.transport.abort() if self.ex is None and self.buf else self.transport.close()
+            self.transport.close()
         self.pool.forget(self)
 
 
@@ -620,11 +620,19 @@ class _Batch:
         self.results[i] = result
         self.remaining -= 1
         self.in_flight -= 1
+        if self.done.done():  # the caller's stop_chain raised: send nothing more
+            return
         next_of = self.next_of
         if next_of is not None:
             j = next_of[i]
             if j >= 0:
-                if self.stop_chain is not None and self.stop_chain(result):
+                try:
+                    stop = self.stop_chain is not None and self.stop_chain(result)
+                except Exception as exc:  # noqa: BLE001 - the caller's predicate: its error
+                    if not self.done.done():
+                        self.done.set_exception(exc)
+                    return
+                if stop:
                     while j >= 0:
                         self.results[j] = ChainHalted(f"not sent: request {i} of the same key "
                                                       "stopped the chain")
