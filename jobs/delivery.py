@@ -20,34 +20,25 @@ from jobs.common import latest_checkpoint, make_environments, register_tables, s
 def build_pipeline(env, t_env, settings: Settings) -> None:
     """Wire both classes; sources and sinks are the tables in sql/kafka_tables.sql."""
     from pyflink.common import Types
-    from pyflink.table import DataTypes, Schema
     from operators.calls import CallBatchFunction
     from operators.gate import GateFunction
     from operators.rows import DLQ_TAG, KEYED_PAYLOAD, RELEASED, STATUS_TAG
 
     register_tables(t_env, "kafka_tables.sql", settings)
     statements = t_env.create_statement_set()
-    shards = env.get_parallelism()
     classes = (("critical_in", states.CRITICAL, settings.critical_batch_window_ms),
                ("promo_in", states.PROMOTIONAL, settings.promo_batch_window_ms))
     # One chain per class, each in its own slot sharing group: a campaign's backlog backs up
     # its own chain and never the critical one.
     for table, priority, window_ms in classes:
-        # Only the key and the raw value cross into Python (no timestamp conversion per record).
-        raw = t_env.sql_query(f"SELECT COALESCE(user_id, k, '') AS user_key, k, v FROM {table}")
-        released = (t_env.to_data_stream(raw)
-                    .key_by(lambda r: r[0], key_type=Types.STRING())
-                    .process(GateFunction(settings, priority, shards), output_type=RELEASED)
+        batches = t_env.sql_query(sql_statements("batches.sql", settings, table=table,
+                                                 window_s=f"{window_ms / 1000:.3f}")[0])
+        released = (t_env.to_data_stream(batches)
+                    .key_by(lambda r: r.shard, key_type=Types.INT())
+                    .process(GateFunction(settings, priority), output_type=RELEASED)
                     .name(f"gate-{priority}").uid(f"gate-{priority}")
                     .slot_sharing_group(priority))
-        t_env.create_temporary_view(f"released_{priority}", t_env.from_data_stream(
-            released, Schema.new_builder().column("shard", DataTypes.INT())
-            .column("payload", DataTypes.STRING()).column_by_expression("pt", "PROCTIME()")
-            .build()))
-        batches = t_env.sql_query(sql_statements("batches.sql", settings,
-                                                 table=f"released_{priority}",
-                                                 window_s=f"{window_ms / 1000:.3f}")[0])
-        sent = (t_env.to_data_stream(batches)
+        sent = (released
                 .flat_map(CallBatchFunction(settings), output_type=KEYED_PAYLOAD)
                 .name(f"call-{priority}").uid(f"call-{priority}")
                 .slot_sharing_group(priority))

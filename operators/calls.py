@@ -1,7 +1,7 @@
 """The call operator: one batch of released notifications in, their status events out.
 
-The batch is one row from the SQL window (`sql/batches.sql`): Python is entered once per
-batch, and the calls are made by `udfs.call_stage.BatchCalls`.
+The batch is one row from the gate (`operators.gate`), already in per-user order (the gate's
+release counter prefixes each payload); the calls are made by `udfs.call_stage.BatchCalls`.
 """
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pyflink.datastream.functions import FlatMapFunction, RuntimeContext
 
 from herald.models import parse_notification
 from herald.settings import Settings
+from operators.gate import ORDER_DIGITS
 from operators.rows import keyed_payload
-
-ORDER_PREFIX = 16  # hex digits of the gate's release counter in front of each payload
 
 
 class CallBatchFunction(FlatMapFunction):
@@ -28,6 +27,6 @@ class CallBatchFunction(FlatMapFunction):
             self.calls.close()
 
     def flat_map(self, row):
-        batch = [parse_notification(p[ORDER_PREFIX:]) for p in sorted(row.batch)]
+        batch = [parse_notification(p[ORDER_DIGITS:]) for p in sorted(row.batch)]
         for status in self.calls.send_all(batch):
             yield keyed_payload(status.id, status.to_json())

@@ -6,8 +6,8 @@ from pyflink.datastream import OutputTag
 
 # (id, payload): the Kafka key and the JSON value of a status or dead-letter record.
 KEYED_PAYLOAD = Types.ROW_NAMED(["id", "payload"], [Types.STRING(), Types.STRING()])
-# (shard, payload): a released notification on its way to the batching window.
-RELEASED = Types.ROW_NAMED(["shard", "payload"], [Types.INT(), Types.STRING()])
+# (shard, batch): what the gate released from one batch, in order, for the call stage.
+RELEASED = Types.ROW_NAMED(["shard", "batch"], [Types.INT(), Types.LIST(Types.STRING())])
 DLQ_TAG = OutputTag("dlq", KEYED_PAYLOAD)
 STATUS_TAG = OutputTag("status", KEYED_PAYLOAD)
 

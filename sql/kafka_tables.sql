@@ -9,7 +9,9 @@ CREATE TABLE critical_in (
   k STRING,
   v STRING,
   kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-  user_id AS JSON_VALUE(v, '$.user_id'),
+  kafka_partition INT METADATA FROM 'partition' VIRTUAL,
+  kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+  pt AS PROCTIME(),
   event_time AS COALESCE(TO_TIMESTAMP_LTZ(TRY_CAST(JSON_VALUE(v, '$.created_at') AS BIGINT), 3), kafka_ts),
   WATERMARK FOR event_time AS event_time - INTERVAL '${max_out_of_orderness_s}' SECOND
 ) WITH (
@@ -30,7 +32,9 @@ CREATE TABLE promo_in (
   k STRING,
   v STRING,
   kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
-  user_id AS JSON_VALUE(v, '$.user_id'),
+  kafka_partition INT METADATA FROM 'partition' VIRTUAL,
+  kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+  pt AS PROCTIME(),
   event_time AS COALESCE(TO_TIMESTAMP_LTZ(TRY_CAST(JSON_VALUE(v, '$.created_at') AS BIGINT), 3), kafka_ts),
   WATERMARK FOR event_time AS event_time - INTERVAL '${max_out_of_orderness_s}' SECOND
 ) WITH (
