@@ -107,6 +107,49 @@ class Settings:
     audit_consumer_group: str = "herald-audit"
     audit_retention_s: int = 604_800
 
+    # Provider stage: rate limits, retries, fallback, circuit breaker (issue 4)
+    # Retryable answers are re-queued on a retry topic per class (read back by the same job).
+    topic_retry_critical: str = "herald.retry.critical"
+    topic_retry_promo: str = "herald.retry.promo"
+    # Redis token buckets: provider (and tenant) buckets live under this prefix.
+    ratelimit_namespace: str = "herald:rl"
+    # Share of each provider bucket's burst that only critical traffic may use.
+    ratelimit_reserve_fraction: float = 0.2
+    # Default quotas (requests/s and burst) per provider; a `quota` record on herald.control
+    # (or `python -m herald_cli quota`) overrides them at run time, kept in Redis.
+    quota_fcm_rate_per_s: float = 10_000.0      # FCM's default: 600,000 messages/min per project
+    quota_fcm_burst: float = 1_000.0
+    quota_apns_rate_per_s: float = 10_000.0     # Apple publishes none; keep it in line with FCM
+    quota_apns_burst: float = 1_000.0
+    quota_twilio_rate_per_s: float = 100.0      # a messaging service's pool; 1/s for one long code
+    quota_twilio_burst: float = 100.0
+    quota_sendgrid_rate_per_s: float = 1_000.0
+    quota_sendgrid_burst: float = 1_000.0
+    # Per-tenant bucket when no tenant quota is configured (0 = no tenant bucket).
+    quota_tenant_rate_per_s: float = 0.0
+    quota_tenant_burst: float = 0.0
+    # How often the call stage re-reads quotas from Redis.
+    quota_refresh_ms: int = 1_000
+    # AIMD on throttling answers: multiply the rate by this, recover by a share of the quota
+    # per interval, never below the minimum.
+    aimd_decrease_factor: float = 0.5
+    aimd_increase_fraction: float = 0.1
+    aimd_interval_ms: int = 1_000
+    aimd_min_rate_per_s: float = 1.0
+    # A throttled call waits in the operator (backpressure) up to this long; longer Retry-After
+    # answers send it round the retry topic instead, so checkpoints are not held up.
+    throttle_inline_max_ms: int = 5_000
+    # Retries of retryable answers (5xx, timeouts): full-jitter exponential backoff, capped by
+    # attempts (per channel, the first try included) and by expires_at.
+    retry_max_attempts: int = 5
+    retry_initial_delay_ms: int = 500
+    retry_max_delay_ms: int = 60_000
+    retry_multiplier: float = 2.0
+    # Circuit breaker per provider: open after this many consecutive provider faults, for this
+    # long; then one probe. Calls to an open provider are re-queued (not failed).
+    breaker_failure_threshold: int = 5
+    breaker_cool_down_ms: int = 5_000
+
     @property
     def data_dir(self) -> Path:
         return Path(self.stack_dir) / "data"

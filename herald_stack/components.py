@@ -87,6 +87,7 @@ class Stack:
     def start_kafka(self) -> None:
         host, port = self.s.kafka_bootstrap.rsplit(":", 1)
         if self.kafka.running() and port_open(host, int(port)):
+            self.create_topics()  # topics added since it started (e.g. the retry topics)
             return
         props = self._kafka_properties()
         if not (self.root / "kafka" / "data" / "meta.properties").exists():

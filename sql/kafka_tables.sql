@@ -78,3 +78,90 @@ CREATE TABLE dlq_out (
   'value.format' = 'raw',
   'value.fields-include' = 'EXCEPT_KEY'
 );
+
+-- Retries (issue 4): the call stage re-queues a notification on its class's retry topic
+-- (key: user_id; value: the notification plus channel, attempt, not_before and the attempt
+-- history, see udfs/requeue.py), and the same job reads it back into that class's call stage.
+-- Through Kafka, so a retry waiting for its time is never lost with a crash.
+CREATE TABLE retry_critical_in (
+  k STRING,
+  v STRING,
+  kafka_partition INT METADATA FROM 'partition' VIRTUAL,
+  kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+  pt AS PROCTIME()
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '${topic_retry_critical}',
+  'properties.bootstrap.servers' = '${kafka_bootstrap}',
+  'properties.group.id' = '${consumer_group}-retry-critical',
+  'scan.startup.mode' = '${startup_mode}',
+  'properties.auto.offset.reset' = 'earliest',
+  'key.format' = 'raw',
+  'key.fields' = 'k',
+  'value.format' = 'raw',
+  'value.fields-include' = 'EXCEPT_KEY'
+);
+
+CREATE TABLE retry_promo_in (
+  k STRING,
+  v STRING,
+  kafka_partition INT METADATA FROM 'partition' VIRTUAL,
+  kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+  pt AS PROCTIME()
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '${topic_retry_promo}',
+  'properties.bootstrap.servers' = '${kafka_bootstrap}',
+  'properties.group.id' = '${consumer_group}-retry-promo',
+  'scan.startup.mode' = '${startup_mode}',
+  'properties.auto.offset.reset' = 'earliest',
+  'key.format' = 'raw',
+  'key.fields' = 'k',
+  'value.format' = 'raw',
+  'value.fields-include' = 'EXCEPT_KEY'
+);
+
+CREATE TABLE retry_critical_out (
+  id STRING,
+  payload STRING
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '${topic_retry_critical}',
+  'properties.bootstrap.servers' = '${kafka_bootstrap}',
+  'sink.delivery-guarantee' = 'at-least-once',
+  'key.format' = 'raw',
+  'key.fields' = 'id',
+  'value.format' = 'raw',
+  'value.fields-include' = 'EXCEPT_KEY'
+);
+
+CREATE TABLE retry_promo_out (
+  id STRING,
+  payload STRING
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '${topic_retry_promo}',
+  'properties.bootstrap.servers' = '${kafka_bootstrap}',
+  'sink.delivery-guarantee' = 'at-least-once',
+  'key.format' = 'raw',
+  'key.fields' = 'id',
+  'value.format' = 'raw',
+  'value.fields-include' = 'EXCEPT_KEY'
+);
+
+-- Quota changes on herald.control ({"kind": "quota", ...}); other kinds are not this job's.
+CREATE TABLE control_quota_in (
+  k STRING,
+  v STRING
+) WITH (
+  'connector' = 'kafka',
+  'topic' = '${topic_control}',
+  'properties.bootstrap.servers' = '${kafka_bootstrap}',
+  'properties.group.id' = '${consumer_group}-control',
+  'scan.startup.mode' = '${startup_mode}',
+  'properties.auto.offset.reset' = 'earliest',
+  'key.format' = 'raw',
+  'key.fields' = 'k',
+  'value.format' = 'raw',
+  'value.fields-include' = 'EXCEPT_KEY'
+);

@@ -1,89 +1,340 @@
-"""The provider-call stage: a whole batch of released notifications, sent at once.
+"""The provider-call stage: a whole batch of released notifications, sent at once, under the
+providers' limits, with retries, fallback and a circuit breaker per provider.
 
-The batch arrives from a Flink SQL window (Java collects it; Python is entered once per batch,
-not once per record). Per batch: expiry is checked against the wall clock, the ids are claimed
-in Redis in one round trip (`udfs.markers`), every request goes out concurrently on a lean
-keep-alive client with one user's requests chained so they reach the provider in order, the
-answers are classified by the provider adapters, and the markers are written in one round trip.
+The batch arrives from a Flink SQL window (Java collects it; Python is entered once per batch).
+Per batch: expiry is checked against the wall clock, the ids are claimed in Redis in one round
+trip (``udfs.markers``), then rounds run until every notification has a fate:
+
+1. requests are built by the provider adapters (no contact for a channel → fallback);
+2. a provider whose circuit is open gets no calls: they are re-queued for when it may be
+   probed (``retrying``, no attempt used); a half-open one gets one probe call first;
+3. tokens are taken from the Redis buckets per (provider, tenant), critical traffic with the
+   critical lane; calls without tokens wait in the operator (backpressure, never a drop);
+4. the calls go out concurrently (HTTP/1.1 and HTTP/2), one user's calls chained in order, and
+   a user's chain stops behind a throttled or failed call;
+5. each answer is classified: OK → ``delivered``; THROTTLED → AIMD lowers the provider's rate
+   and holds it for the Retry-After, and the call waits in the operator and goes again (or, for
+   a Retry-After beyond ``throttle_inline_max_ms``, round the retry topic); RETRYABLE →
+   ``retrying`` with backoff and jitter onto the retry topic, or, attempts used up, the
+   channel has failed; PERMANENT → the channel has failed. A failed channel falls back to the
+   next one (``fallback``) in the same batch; after the last one, ``failed`` and one dead
+   letter with the reason and the attempt history. Expired at any point → ``expired``.
+
+The claims are settled in one round trip at the end: ``sent`` for what a provider accepted,
+released for everything else, so a retry later is a fresh claim.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import time
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import redis
 
+from herald import retry as policy
 from herald import states
-from herald.models import Notification, Status
-from herald.providers.base import clock_ms
-from herald.providers.exceptions import ProviderError
+from herald.breaker import CLOSED, CircuitBreakers
+from herald.models import Notification, Status, dead_letter
+from herald.providers.base import Kind, clock_ms
+from herald.providers.exceptions import MissingContactError, ProviderError
 from herald.providers.registry import Registry
+from herald.retry import Attempt, ExponentialBackoffRetry, FallbackPolicy
 from herald.settings import Settings
-from udfs.http_client import BlockingBatchClient, HttpClientError
+from udfs.http_client import ChainHalted, HttpClientError
 from udfs.markers import SentMarkers
+from udfs.rates import ProviderRates
+from udfs.requeue import Task, encode_retry
+from udfs.transport import ProviderTransport
 
 ACCEPTED_BEFORE_RESTART = "accepted by the provider before a restart (sent marker); not sent again"
 RESENT_AFTER_CRASH = "in flight at a crash; re-sent (at-least-once for the ambiguous call)"
+MAX_WAIT_S = 0.5  # longest single sleep while waiting for tokens (expiry is re-checked after)
+
+
+def stops_chain(result) -> bool:
+    """A user's later calls must not overtake this one: it will be sent again."""
+    return isinstance(result, HttpClientError) or result.status == 429 or result.status >= 500
+
+
+@dataclass
+class StageOutput:
+    """What one batch produced: status events, retry records, dead letters."""
+    statuses: list[Status] = field(default_factory=list)
+    retries: list[tuple[str, bytes]] = field(default_factory=list)   # (user_id, record)
+    dead: list[tuple[str, bytes]] = field(default_factory=list)      # (id, record)
+
+    def __iter__(self):  # (statuses, retries, dead), for unpacking
+        return iter((self.statuses, self.retries, self.dead))
 
 
 class BatchCalls:
-    """Send a batch of notifications (in per-user order) and report one Status per notification."""
+    """Send a batch of notifications (in per-user order); report what became of each."""
 
-    def __init__(self, settings: Settings, registry: Registry | None = None):
+    def __init__(self, settings: Settings, priority: str = states.CRITICAL,
+                 registry: Registry | None = None, *, sleep=time.sleep):
+        s = settings
         self.settings = settings
+        self.critical = priority == states.CRITICAL
         self.registry = registry or Registry()
-        self.client = BlockingBatchClient(max_connections=settings.provider_max_in_flight,
-                                          timeout_s=settings.provider_timeout_s)
-        self.redis = redis.Redis(host=settings.redis_host, port=settings.redis_port)
-        self.markers = SentMarkers(self.redis, settings.dedup_ttl_ms)
+        self.transport = ProviderTransport(max_connections=s.provider_max_in_flight,
+                                           timeout_s=s.provider_timeout_s)
+        self.redis = redis.Redis(host=s.redis_host, port=s.redis_port)
+        self.markers = SentMarkers(self.redis, s.dedup_ttl_ms)
+        self.rates = ProviderRates(s, self.redis)
+        self.retry = ExponentialBackoffRetry(max_attempts=s.retry_max_attempts,
+                                             initial_delay_ms=s.retry_initial_delay_ms,
+                                             max_delay_ms=s.retry_max_delay_ms,
+                                             multiplier=s.retry_multiplier)
+        self.fallback = FallbackPolicy()
+        self.breakers = CircuitBreakers(failure_threshold=s.breaker_failure_threshold,
+                                        cool_down_ms=s.breaker_cool_down_ms)
+        self.sleep = sleep
+        self.waited_ms = 0  # time spent waiting for tokens (backpressure), for tests and metrics
 
     def close(self) -> None:
-        self.client.close()
+        self.transport.close()
         self.redis.close()
 
-    def send_all(self, batch: Sequence[Notification]) -> list[Status]:
+    # ---------------------------------------------------------------- the batch
+
+    def send_all(self, batch: Sequence[Task | Notification]) -> StageOutput:
+        out = StageOutput()
         at = clock_ms()
-        out: list[Status] = []
-        live = []
-        for n in batch:
-            if n.is_expired(at):
-                out.append(Status.of(n, states.EXPIRED, at, detail="expired before the provider call"))
+        tasks, ids = [], set()
+        for i, item in enumerate(batch):
+            task = item if isinstance(item, Task) else Task.fresh(item)
+            task.order = i
+            if task.n.id in ids:
+                continue  # two copies in one batch (a replayed retry record): one is enough
+            ids.add(task.n.id)
+            if task.n.is_expired(at):
+                self._expired(task, at, "expired before the provider call", out)
             else:
-                live.append(n)
-        sent_before, in_flight_at_crash = self.markers.claim([n.id for n in live])
-        calls, requests = [], []
-        for n in live:
-            if n.id in sent_before:
-                # A replay after a restore: the provider has it, and the status said so may
-                # have been lost with the crash (the status sink flushes at checkpoints).
-                out.append(Status.of(n, states.DELIVERED, at, channel=n.channels[0],
-                                     detail=ACCEPTED_BEFORE_RESTART))
-                continue
-            channel = n.channels[0]
-            try:
-                adapter = self.registry.for_channel(channel, n.to.platform)
-                requests.append(adapter.build_request(n, n.to, self.settings, now_ms=at))
-                calls.append((n, channel, adapter))
-            except ProviderError as exc:
-                out.append(Status.of(n, states.FAILED, at, channel=channel, detail=str(exc)))
-        answers = self.client.send_batch(requests, self.settings.provider_max_in_flight,
-                                         keys=[n.user_id for n, _, _ in calls]) if requests else []
-        done = clock_ms()
-        accepted, released = [], [n.id for n in live if n.id not in sent_before]
-        for (n, channel, adapter), answer in zip(calls, answers):
-            outcome = (adapter.transport_error(answer) if isinstance(answer, HttpClientError)
-                       else adapter.classify(answer.status, answer.headers, answer.body))
-            status = Status.of(n, states.DELIVERED if outcome.ok else states.FAILED, done,
-                               channel=channel, provider=adapter.name, attempt=1,
-                               latency_ms=done - n.created_at, detail=outcome.detail or None)
-            if outcome.ok:
-                accepted.append(n.id)
-                if n.id in in_flight_at_crash:
-                    status = replace(status, detail=RESENT_AFTER_CRASH)
-            out.append(status)
-        self.markers.settle(accepted, set(released) - set(accepted))
+                tasks.append(task)
+        sent_before, in_flight_at_crash = self.markers.claim([t.n.id for t in tasks])
+        waiting = []
+        for task in tasks:
+            if task.n.id in sent_before:
+                # A replay after a restore (or a redrive of something delivered): the provider
+                # has it, and the status that said so may have died with the crash.
+                out.statuses.append(Status.of(task.n, states.DELIVERED, at, channel=task.channel,
+                                              detail=ACCEPTED_BEFORE_RESTART))
+            else:
+                waiting.append(task)
+        accepted: list[str] = []
+        self.rates.refresh()
+        while waiting:
+            waiting = self._round(waiting, in_flight_at_crash, accepted, out)
+        done = set(accepted)
+        self.markers.settle(accepted, [t.n.id for t in tasks if t.n.id not in done])
         return out
 
+    def _round(self, waiting: list[Task], crashed: set[str], accepted: list[str],
+               out: StageOutput) -> list[Task]:
+        """One pass over what is left: send what may go now; return what must wait."""
+        now = clock_ms()
+        later: list[Task] = []
+        ready: list[Task] = []
+        for task in waiting:
+            if task.n.is_expired(now):
+                self._expired(task, now, "expired while waiting to be sent", out)
+                continue
+            if task.request is None and not self._build(task, now, out, later):
+                continue
+            ready.append(task)
 
-def make_call_stage(settings: Settings) -> BatchCalls:
-    return BatchCalls(settings)
+        # Circuit breakers: open → re-queue; half-open → one probe goes first, alone.
+        by_provider: dict[str, list[Task]] = {}
+        for task in ready:
+            by_provider.setdefault(task.adapter.name, []).append(task)
+        allowed: list[Task] = []
+        for name, group in by_provider.items():
+            breaker = self.breakers[name]
+            if breaker.state == CLOSED:
+                allowed.extend(group)
+            elif breaker.allow():
+                allowed.append(group[0])
+                later.extend(group[1:])
+            else:
+                wait = max(breaker.retry_in_ms(), 1)
+                for task in group:
+                    self._defer(task, now, now + wait,
+                                f"circuit open for {name} (provider faults); "
+                                f"probing again in {wait} ms", out)
+
+        # Tokens, per (provider, tenant), in order: the granted head of each group goes now.
+        groups: dict[tuple[str, str], list[Task]] = {}
+        for task in allowed:
+            groups.setdefault((task.adapter.name, task.n.tenant_id), []).append(task)
+        self.rates.prepare_tenants(groups)
+        go: list[Task] = []
+        min_wait = None
+        for (name, tenant), group in groups.items():
+            grant = self.rates.take(name, len(group), tenant=tenant, critical=self.critical)
+            go.extend(group[:grant.granted])
+            if grant.granted < len(group):
+                later.extend(group[grant.granted:])
+                min_wait = grant.wait_ms if min_wait is None else min(min_wait, grant.wait_ms)
+        if not go:
+            if later and min_wait is not None:
+                pause = min(max(min_wait, 1) / 1000.0, MAX_WAIT_S)
+                self.sleep(pause)  # backpressure: the operator blocks, nothing is dropped
+                self.waited_ms += int(pause * 1000)
+            return self._in_order(later)
+
+        go.sort(key=lambda t: t.order)
+        answers = self.transport.send_batch([t.request for t in go],
+                                            self.settings.provider_max_in_flight,
+                                            keys=[t.n.user_id for t in go],
+                                            stop_chain=stops_chain)
+        done = clock_ms()
+        halted: list[Task] = []
+        behind: dict[str, tuple[str, int | None]] = {}  # user → fate of the call they wait on
+        for task, answer in zip(go, answers):
+            if isinstance(answer, ChainHalted):
+                halted.append(task)
+                continue
+            self._answered(task, answer, done, crashed, accepted, out, later, behind)
+        for task in halted:
+            fate, not_before = behind.get(task.n.user_id, ("wait", None))
+            if fate == "requeue":
+                self._defer(task, done, not_before,
+                            "waits behind an earlier message of the same user", out)
+            else:
+                later.append(task)
+        return self._in_order(later)
+
+    @staticmethod
+    def _in_order(tasks: list[Task]) -> list[Task]:
+        tasks.sort(key=lambda t: t.order)
+        return tasks
+
+    # ---------------------------------------------------------------- one task
+
+    def _build(self, task: Task, now: int, out: StageOutput, later: list[Task]) -> bool:
+        try:
+            task.adapter = self.registry.for_channel(task.channel, task.n.to.platform)
+            task.request = task.adapter.build_request(task.n, task.n.to, self.settings,
+                                                      now_ms=now)
+            return True
+        except MissingContactError as exc:
+            failure, detail = policy.MISSING_CONTACT, str(exc)
+        except ProviderError as exc:
+            failure, detail = policy.PERMANENT, str(exc)
+        provider = task.adapter.name if task.adapter is not None else None
+        task.remember(Attempt(task.channel, provider or "-", task.attempt, now, failure,
+                              detail).to_dict())
+        self._channel_failed(task, failure, detail, now, out, later, provider)
+        return False
+
+    def _answered(self, task: Task, answer, now: int, crashed: set[str], accepted: list[str],
+                  out: StageOutput, later: list[Task], behind: dict) -> None:
+        adapter = task.adapter
+        name = adapter.name
+        if isinstance(answer, HttpClientError):
+            outcome = adapter.transport_error(answer)
+        else:
+            outcome = adapter.classify(answer.status, answer.headers, answer.body)
+        task.remember(Attempt(task.channel, name, task.attempt, now, outcome.kind.value,
+                              outcome.detail, outcome.status).to_dict())
+        breaker = self.breakers[name]
+        user = task.n.user_id
+        if outcome.kind is not Kind.RETRYABLE and breaker.state != CLOSED:
+            breaker.record_success()  # a probe answered: the provider is up, whatever it said
+        if outcome.kind is Kind.OK:
+            breaker.record_success()
+            self.rates.on_success(name)
+            accepted.append(task.n.id)
+            detail = RESENT_AFTER_CRASH if task.n.id in crashed else None
+            out.statuses.append(Status.of(task.n, states.DELIVERED, now, channel=task.channel,
+                                          provider=name, attempt=task.attempt,
+                                          latency_ms=now - task.n.created_at, detail=detail))
+            return
+        if outcome.kind is Kind.THROTTLED:
+            retry_after_ms = int((outcome.retry_after_s or 0) * 1000)
+            self.rates.on_throttle(name, retry_after_ms)
+            if retry_after_ms <= self.settings.throttle_inline_max_ms:
+                task.request = None  # rebuilt next round (TTLs count down)
+                later.append(task)
+                behind[user] = ("wait", None)
+                return
+            decision = self.retry.next_retry(task.attempt, now, task.n.expires_at,
+                                             retry_after_ms=retry_after_ms, throttled=True)
+            if decision.retry:
+                self._defer(task, now, decision.at_ms,
+                            f"{name} throttled: {outcome.detail}", out, provider=name)
+                behind[user] = ("requeue", decision.at_ms)
+            else:
+                self._expired(task, now, f"{name} throttled until after expires_at", out)
+                behind[user] = ("wait", None)
+            return
+        if outcome.kind is Kind.RETRYABLE:
+            breaker.record_failure()
+            retry_after_ms = (int(outcome.retry_after_s * 1000)
+                              if outcome.retry_after_s is not None else None)
+            decision = self.retry.next_retry(task.attempt, now, task.n.expires_at,
+                                             retry_after_ms=retry_after_ms)
+            if decision.retry:
+                task.attempt += 1
+                self._defer(task, now, decision.at_ms, f"{name}: {outcome.detail}", out,
+                            provider=name, attempt=task.attempt - 1)
+                behind[user] = ("requeue", decision.at_ms)
+            elif decision.action == policy.GIVE_UP_EXPIRED:
+                self._expired(task, now, f"{name}: {outcome.detail}; no retry before expires_at",
+                              out)
+                behind[user] = ("wait", None)
+            else:
+                self._channel_failed(task, policy.EXHAUSTED,
+                                     f"{task.attempt} attempts, last: {outcome.detail}", now,
+                                     out, later, name)
+                behind[user] = ("wait", None)
+            return
+        detail = outcome.detail + (" (recipient's token/number/address is invalid)"
+                                   if outcome.token_invalid else "")
+        self._channel_failed(task, policy.PERMANENT, detail, now, out, later, name)
+        behind[user] = ("wait", None)
+
+    def _channel_failed(self, task: Task, failure: str, detail: str, now: int,
+                        out: StageOutput, later: list[Task], provider: str | None) -> None:
+        """This channel is done for: the next one in ``channels``, or the dead-letter queue."""
+        failed_channel = task.channel
+        following = self.fallback.next_channel(task.n.channels, failed_channel, failure)
+        if following is not None:
+            out.statuses.append(Status.of(
+                task.n, states.FALLBACK, now, channel=failed_channel, provider=provider,
+                attempt=task.attempt,
+                detail=f"{failed_channel} failed ({failure}: {detail}); trying {following}"))
+            task.channel, task.attempt = following, 1
+            task.adapter = task.request = None
+            later.append(task)
+            return
+        reason = (f"every channel failed; last: {failed_channel} ({failure}: {detail})"
+                  if len(task.n.channels) > 1 else f"{failed_channel} failed ({failure}: {detail})")
+        out.statuses.append(Status.of(task.n, states.FAILED, now, channel=failed_channel,
+                                      provider=provider, attempt=task.attempt, detail=reason))
+        record = task.n.to_dict()
+        record["attempts"] = task.history
+        out.dead.append((task.n.id, dead_letter(record, reason, states.STAGE_DELIVERY, now)))
+
+    def _defer(self, task: Task, now: int, not_before: int, detail: str, out: StageOutput, *,
+               provider: str | None = None, attempt: int | None = None) -> None:
+        """Onto the retry topic, to come back at ``not_before``; ``retrying`` says so."""
+        if not_before >= task.n.expires_at:
+            self._expired(task, now, f"{detail}; not before expires_at", out)
+            return
+        task.step += 1
+        out.statuses.append(Status.of(task.n, states.RETRYING, now, channel=task.channel,
+                                      provider=provider or (task.adapter.name if task.adapter
+                                                            else None),
+                                      attempt=task.attempt if attempt is None else attempt,
+                                      detail=f"{detail}; next try at {not_before}"))
+        out.retries.append((task.n.user_id, encode_retry(task, not_before)))
+
+    @staticmethod
+    def _expired(task: Task, now: int, detail: str, out: StageOutput) -> None:
+        out.statuses.append(Status.of(task.n, states.EXPIRED, now, channel=task.channel,
+                                      attempt=task.attempt, detail=detail))
+
+
+def make_call_stage(settings: Settings, priority: str = states.CRITICAL) -> BatchCalls:
+    return BatchCalls(settings, priority)

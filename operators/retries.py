@@ -1,0 +1,108 @@
+"""The retry wait: retry records in (a batch of one retry-topic partition), released to the call
+stage when their ``not_before`` has come.
+
+The records come from the class's retry topic (written by `operators.calls`), through the same
+SQL window as fresh records (`sql/batches.sql`), so Python is entered once per batch. This path
+bypasses the gate on purpose: the gate's dedup would drop a second try of an id it has seen.
+Duplicates of one re-queue (a replay after a crash writes it again) are dropped here by
+``(id, redrive, step)``; anything else is kept by the Redis sent marker in the call stage.
+
+Waiting records sit in a MapState by due time (rounded up to ``BUCKET_MS``), with one
+processing-time timer per due time (Flink keeps one timer per key and time), so a timer reads
+only what is due and an outage's backlog is not re-pickled on every batch.
+
+Output: (shard, [payloads]) rows like the gate's, each payload prefixed by this operator's
+release counter so the call stage keeps their order.
+"""
+from __future__ import annotations
+
+import time
+
+import orjson
+from pyflink.common import Row, Time, Types
+from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
+from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
+
+from herald import states
+from herald.errors import ValidationError
+from herald.models import dead_letter, load_object
+from herald.settings import Settings
+from operators.gate import ORDER_DIGITS
+from operators.rows import DLQ_TAG, keyed_payload
+from udfs.requeue import decode_retry
+
+BUCKET_MS = 50
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _ttl(ms: int) -> StateTtlConfig:
+    return (StateTtlConfig.new_builder(Time.milliseconds(ms))
+            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
+            .cleanup_incrementally(10, False)
+            .cleanup_full_snapshot()
+            .disable_cleanup_in_background()
+            .build())
+
+
+class RetryWaitFunction(KeyedProcessFunction):
+    """Input rows: (shard, batch) with batch a JSON array of {"o": offset, "k": key, "v": value}."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.waiting = None
+        self.seen = None
+        self.released = 0
+
+    def open(self, runtime_context: RuntimeContext):
+        self.waiting = runtime_context.get_map_state(
+            MapStateDescriptor("waiting", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
+        seen = MapStateDescriptor("seen", Types.STRING(), Types.BOOLEAN())
+        seen.enable_time_to_live(_ttl(self.settings.dedup_ttl_ms))
+        self.seen = runtime_context.get_map_state(seen)
+
+    def process_element(self, row, ctx: KeyedProcessFunction.Context):
+        at = now_ms()
+        due: list[str] = []
+        later: dict[int, list[str]] = {}
+        for record in sorted(orjson.loads(row.batch), key=lambda r: r["o"]):
+            raw = record["v"]
+            try:
+                task, not_before = decode_retry(load_object(raw))
+            except ValidationError as exc:
+                yield DLQ_TAG, keyed_payload(record["k"] or "(no key)", dead_letter(
+                    raw or "", f"retry record: {exc}", states.STAGE_PARSE, at))
+                continue
+            key = task.dedup_key()
+            if self.seen.contains(key):
+                continue  # the same re-queue written twice (a replay): once is enough
+            self.seen.put(key, True)
+            if not_before <= at:
+                due.append(raw)
+            else:
+                bucket = -(-not_before // BUCKET_MS) * BUCKET_MS
+                later.setdefault(bucket, []).append(raw)
+        timers = ctx.timer_service()
+        for bucket, raws in later.items():
+            held = self.waiting.get(bucket)
+            self.waiting.put(bucket, (held or []) + raws)
+            if held is None:
+                timers.register_processing_time_timer(bucket)
+        if due:
+            yield self._row(ctx.get_current_key(), due)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        raws = self.waiting.get(timestamp)
+        if raws is None:
+            return
+        self.waiting.remove(timestamp)
+        yield self._row(ctx.get_current_key(), raws)
+
+    def _row(self, shard: int, raws: list[str]) -> Row:
+        payloads = []
+        for raw in raws:
+            self.released += 1
+            payloads.append(f"{self.released:0{ORDER_DIGITS}x}{raw}")
+        return Row(shard, payloads)
