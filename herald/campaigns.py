@@ -7,15 +7,16 @@ the ones ``herald.models`` uses for notifications, so a rule is written once.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import orjson
 
+from herald import states
 from herald.errors import ValidationError
-from herald.models import (MAX_ID_LENGTH, Content, _channels, _content, _epoch_ms, _object,
-                           _string, load_object)
+from herald.models import (MAX_ID_LENGTH, Contacts, Content, Notification, _channels, _content,
+                           _epoch_ms, _object, _string, load_object)
 
 CANCEL_CAMPAIGN = "cancel_campaign"
 
@@ -221,3 +222,264 @@ def cancel_from_dict(obj: Mapping) -> CancelCampaign:
         raise ValidationError(f"'kind' must be {CANCEL_CAMPAIGN!r}, got {kind!r}", "kind")
     return CancelCampaign(campaign_id=check_campaign_id(obj.get("campaign_id")),
                           tenant_id=_string(obj, "tenant_id"), at=_epoch_ms(obj, "at"))
+
+
+# ---------------------------------------------------------------- recipients
+
+def recipient_id(campaign_id: str, user_id: str) -> str:
+    """``{campaign_id}:{user_id}``: the notification id of one recipient (Flink SQL builds the
+    same string with ``RECIPIENT_SEPARATOR`` handed in from here)."""
+    return f"{campaign_id}{RECIPIENT_SEPARATOR}{user_id}"
+
+
+def recipient_fields(c: Campaign) -> dict:
+    """The Notification fields every recipient of ``c`` shares: all but ``id`` and ``user_id``.
+
+    Built through ``Notification.to_dict`` so an expanded record has exactly the shape of any
+    other promotional notification. No ``to``: contacts come from the user record.
+    """
+    n = Notification(id="", tenant_id=c.tenant_id, user_id="", priority=states.PROMOTIONAL,
+                     channels=c.channels, to=Contacts(), content=c.content,
+                     created_at=c.created_at, expires_at=c.expires_at,
+                     campaign_id=c.campaign_id, send_at=c.send_at)
+    fields = n.to_dict()
+    del fields["id"], fields["user_id"]
+    if not fields.get("to"):
+        fields.pop("to", None)
+    return fields
+
+
+def recipient_json(c: Campaign, user_id: str) -> bytes:
+    """One recipient's Notification JSON (the reference for what the expansion SQL writes)."""
+    return orjson.dumps({"id": recipient_id(c.campaign_id, user_id), "user_id": user_id,
+                         **recipient_fields(c)})
+
+
+def recipient_json_tail(c: Campaign) -> str:
+    """``recipient_json`` after its ``"user_id"`` member: ``"tenant_id":…}``. The SQL writes
+    ``{"id":…,"user_id":…,`` per recipient and appends this, the same for all of them."""
+    return orjson.dumps(recipient_fields(c)).decode()[1:]
+
+
+# ---------------------------------------------------------------- expansion
+
+WAITING, RUNNING, DONE = "waiting", "running", "done"
+CANCELLED, EXPIRED, FAILED = "cancelled", "expired", "failed"
+LIVE_PHASES = frozenset({WAITING, RUNNING})
+
+
+@dataclass(slots=True)
+class Expansion:
+    """One campaign's expansion, as kept in keyed state (keyed by campaign id).
+
+    ``cursor`` is the next row of the audience to expand; everything before it has been handed
+    on. ``campaign`` is None while only a cancel has been seen (the cancel is remembered, so a
+    campaign record arriving after it is dropped, not expanded).
+    """
+    campaign_id: str
+    tenant_id: str
+    campaign: Campaign | None = None
+    phase: str = WAITING
+    source: str | None = None      # the segment file read (fixed when the expansion starts)
+    total: int = 0
+    cursor: int = 0
+    next_tick_at: int | None = None
+    purge_at: int | None = None
+    last_progress_at: int = 0
+    last_event_at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AudienceSource:
+    """Where the recipients are read from: a segment file, or None for an inline list."""
+    path: str | None
+    total: int
+    max_id_length: int
+
+
+@dataclass(slots=True)
+class Step:
+    """What the operator must do after one input or timer."""
+    events: list[dict] = field(default_factory=list)       # campaign-level Status events
+    dead_letters: list[tuple[Mapping, str]] = field(default_factory=list)  # (record, reason)
+    batch: tuple[int, int] | None = None                    # rows [start, start + count)
+    timers: list[int] = field(default_factory=list)         # processing-time timers to set
+    clear: bool = False                                     # forget the campaign's state
+
+
+class Expander:
+    """The expansion's decisions, engine-free: the Flink operator keeps the state and timers,
+    reads the rows a step names and emits them.
+
+    A campaign waits for ``send_at`` (a timer), then each tick hands on one batch of
+    ``batch_size`` rows and moves the cursor; the next tick is ``tick_ms`` later. An expired
+    campaign gets one ``expired`` event and nothing else; a cancel stops the ticks. Progress
+    goes out as campaign-level ``accepted`` events (id = campaign id) at most every
+    ``progress_interval_ms``.
+    """
+
+    def __init__(self, *, batch_size: int = 10_000, tick_ms: int = 0,
+                 progress_interval_ms: int = 1_000, retention_ms: int = 86_400_000,
+                 max_id_length: int = MAX_ID_LENGTH):
+        if batch_size <= 0:
+            raise ValueError("batch_size must be positive")
+        if tick_ms < 0 or progress_interval_ms < 0 or retention_ms < 0:
+            raise ValueError("tick_ms, progress_interval_ms and retention_ms must not be negative")
+        self.batch_size = batch_size
+        self.tick_ms = tick_ms
+        self.progress_interval_ms = progress_interval_ms
+        self.retention_ms = retention_ms
+        self.max_id_length = max_id_length
+
+    # ---- inputs
+
+    def on_campaign(self, state: Expansion | None, c: Campaign,
+                    now: int) -> tuple[Expansion | None, Step]:
+        step = Step()
+        if state is not None and state.campaign is not None:
+            if state.campaign != c:
+                step.dead_letters.append((c.to_dict(), (
+                    f"campaign id {c.campaign_id!r} is already taken by a different campaign "
+                    "(the first one stands)")))
+            return state, step  # a replay of the same record: already handled
+        if state is not None and state.tenant_id == c.tenant_id:  # a cancel came first
+            state.campaign = c
+            self._purge_later(state, step, now)
+            step.events.append(self._event(state, CANCELLED, now,
+                                           "cancelled before its expansion started"))
+            return state, step
+        state = Expansion(c.campaign_id, c.tenant_id, campaign=c)
+        self._purge_later(state, step, now)
+        if c.is_expired(now):
+            state.phase = EXPIRED
+            step.events.append(self._event(state, EXPIRED, now, (
+                f"campaign expired before its expansion (expires_at {_iso(c.expires_at)}, "
+                f"now {_iso(now)}): nothing of it is sent")))
+            return state, step
+        start = max(now, c.send_at or now)
+        state.next_tick_at = start
+        step.timers.append(start)
+        detail = (f"expansion waits for send_at {_iso(start)}" if start > now
+                  else "queued for expansion")
+        step.events.append(self._event(state, states.ACCEPTED, now, detail))
+        return state, step
+
+    def on_cancel(self, state: Expansion | None, cancel: CancelCampaign,
+                  now: int) -> tuple[Expansion | None, Step]:
+        step = Step()
+        if state is None:  # remembered: the campaign record may still come
+            state = Expansion(cancel.campaign_id, cancel.tenant_id, phase=CANCELLED)
+            self._purge_later(state, step, now)
+            return state, step
+        if state.tenant_id != cancel.tenant_id:
+            step.dead_letters.append((cancel.to_dict(), (
+                f"cancel from tenant {cancel.tenant_id!r} for campaign {cancel.campaign_id!r}, "
+                "which belongs to another tenant: ignored")))
+            return state, step
+        if state.campaign is None or state.phase in (CANCELLED, EXPIRED, FAILED):
+            return state, step  # already final; a repeated cancel changes nothing
+        if state.phase == DONE:
+            detail = (f"cancelled after its expansion completed ({state.cursor}/{state.total}): "
+                      "what is not yet sent is dropped in delivery")
+        else:
+            detail = f"cancelled after expanding {state.cursor}/{state.total}: expansion stopped"
+        state.phase = CANCELLED
+        state.next_tick_at = None
+        step.events.append(self._event(state, CANCELLED, now, detail))
+        return state, step
+
+    def on_timer(self, state: Expansion | None, timestamp: int, now: int,
+                 open_audience: Callable[[Campaign], AudienceSource]
+                 ) -> tuple[Expansion | None, Step]:
+        """A timer fired: purge a finished campaign, or expand its next batch.
+
+        ``open_audience`` finds the audience when the expansion starts; it raises
+        ValidationError if there is none (an unknown segment).
+        """
+        step = Step()
+        if state is None:
+            return None, step
+        if state.purge_at is not None and timestamp >= state.purge_at:
+            step.clear = True
+            return None, step
+        c = state.campaign
+        if (c is None or state.phase not in LIVE_PHASES or state.next_tick_at is None
+                or timestamp < state.next_tick_at):
+            return state, step  # a stale tick (cancelled, or replaced by a later one)
+        if c.is_expired(now):
+            state.phase, state.next_tick_at = EXPIRED, None
+            step.events.append(self._event(state, EXPIRED, now, (
+                f"campaign expired after expanding {state.cursor}/{state.total} "
+                f"(expires_at {_iso(c.expires_at)}): the rest is not sent")))
+            return state, step
+        if state.phase == WAITING:
+            if not self._start(state, step, now, open_audience):
+                return state, step
+        count = min(self.batch_size, state.total - state.cursor)
+        if count > 0:
+            step.batch = (state.cursor, count)
+            state.cursor += count
+        if state.cursor >= state.total:
+            state.phase, state.next_tick_at = DONE, None
+            step.events.append(self._event(state, states.ACCEPTED, now, (
+                f"expanded {state.cursor}/{state.total}: expansion complete")))
+            return state, step
+        if now - state.last_progress_at >= self.progress_interval_ms:
+            state.last_progress_at = now
+            step.events.append(self._event(state, states.ACCEPTED, now,
+                                           f"expanded {state.cursor}/{state.total}"))
+        state.next_tick_at = max(now + self.tick_ms, timestamp + 1)
+        step.timers.append(state.next_tick_at)
+        return state, step
+
+    def fail(self, state: Expansion, now: int, reason: str) -> Step:
+        """The expansion cannot go on (no audience, unreadable file): one ``failed`` event for
+        the campaign, and the campaign record dead-lettered with ``reason``."""
+        step = Step()
+        state.phase, state.next_tick_at = FAILED, None
+        step.events.append(self._event(state, states.FAILED, now, reason))
+        if state.campaign is not None:
+            step.dead_letters.append((state.campaign.to_dict(), reason))
+        return step
+
+    # ---- helpers
+
+    def _start(self, state: Expansion, step: Step, now: int,
+               open_audience: Callable[[Campaign], AudienceSource]) -> bool:
+        c = state.campaign
+        try:
+            source = open_audience(c)
+            room = self.max_id_length - len(c.campaign_id) - len(RECIPIENT_SEPARATOR)
+            if source.max_id_length > room:
+                raise ValidationError(
+                    f"segment {c.audience.segment!r} has user ids of up to "
+                    f"{source.max_id_length} characters; with campaign id {c.campaign_id!r} "
+                    f"recipient ids may have at most {room}", "audience.segment")
+        except ValidationError as exc:
+            failed = self.fail(state, now, exc.message)
+            step.events.extend(failed.events)
+            step.dead_letters.extend(failed.dead_letters)
+            return False
+        state.phase, state.source, state.total = RUNNING, source.path, source.total
+        state.last_progress_at = now
+        what = (f"segment {c.audience.segment!r}" if c.audience.segment is not None
+                else "the inline audience")
+        step.events.append(self._event(state, states.ACCEPTED, now,
+                                       f"expanding {state.total} recipients of {what}"))
+        return True
+
+    def _purge_later(self, state: Expansion, step: Step, now: int) -> None:
+        until = max(now, state.campaign.expires_at) if state.campaign is not None else now
+        state.purge_at = until + self.retention_ms
+        step.timers.append(state.purge_at)
+
+    @staticmethod
+    def _event(state: Expansion, st: str, now: int, detail: str) -> dict:
+        """A campaign-level Status event (id = campaign id). Its ``at`` only grows per campaign,
+        so the audit store (which files an event under its ``at``) keeps every one."""
+        at = max(now, state.last_event_at + 1)
+        state.last_event_at = at
+        return {"id": state.campaign_id, "tenant_id": state.tenant_id,
+                "priority": states.PROMOTIONAL, "state": st, "attempt": 0, "at": at,
+                "detail": detail, "campaign_id": state.campaign_id,
+                "expanded": state.cursor, "total": state.total}

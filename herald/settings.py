@@ -107,6 +107,31 @@ class Settings:
     audit_consumer_group: str = "herald-audit"
     audit_retention_s: int = 604_800
 
+    # Segments (herald.segments): immutable Parquet files, one per upload, under
+    # <segments_dir>/<tenant>/<name>/ ("" = <stack_dir>/data/segments). On a cluster this must
+    # be a path every TaskManager sees (a shared volume).
+    segments_dir: str = ""
+    segment_row_group_size: int = 65_536       # rows per Parquet row group (the unit read)
+    segment_versions_kept: int = 3             # replaced versions kept for running expansions
+
+    # Campaign expansion (jobs/expansion.py)
+    # Recipients per batch row the Python operator hands to Flink SQL, which expands it.
+    expansion_batch_size: int = 10_000
+    # Pause between two batches of one campaign (processing-time timers): a campaign is capped at
+    # expansion_batch_size * 1000 / expansion_tick_ms recipients/s; 0 = as fast as the sink takes.
+    expansion_tick_ms: int = 0
+    # A campaign-level `accepted` progress event at most this often per campaign (plus the last).
+    expansion_progress_interval_ms: int = 1_000
+    # A finished campaign's state is kept this long past its expiry (a replayed campaign record
+    # is recognised and not expanded again; a cancel that came first is remembered as long).
+    expansion_state_retention_ms: int = 86_400_000
+    # herald.promo sink: "exactly-once" (Kafka transactions committed with each checkpoint: a
+    # restore re-emits nothing a read_committed reader saw) or "at-least-once" (visible at once;
+    # a restore re-emits the batches after the last checkpoint, ids dedup'd in delivery).
+    expansion_delivery_guarantee: str = "exactly-once"
+    # The embedded expansion job's dashboard (the delivery job has flink_rest_port).
+    expansion_rest_port: int = 8082
+
     # Provider stage: rate limits, retries, fallback, circuit breaker (issue 4)
     # Retryable answers are re-queued on a retry topic per class (read back by the same job).
     topic_retry_critical: str = "herald.retry.critical"
@@ -153,6 +178,10 @@ class Settings:
     @property
     def data_dir(self) -> Path:
         return Path(self.stack_dir) / "data"
+
+    @property
+    def segments_path(self) -> Path:
+        return Path(self.segments_dir) if self.segments_dir else self.data_dir / "segments"
 
     @property
     def redis_url(self) -> str:

@@ -1,0 +1,103 @@
+"""Herald's campaign expansion job: herald.campaigns (+ cancels on herald.control) → one
+Notification per recipient on herald.promo, with campaign-level Status events.
+
+Run embedded:   python -m jobs.expansion [--restore latest]
+On a cluster:   flink run -py jobs/expansion.py   (the connector jar from .stack/flink-jars)
+
+Its checkpoints live in their own directory (<checkpoint dir>/expansion), so `--restore latest`
+finds this job's newest checkpoint and never the delivery job's.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # `flink run -py jobs/expansion.py` runs this file as a script
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from herald.campaigns import CANCEL_CAMPAIGN, RECIPIENT_SEPARATOR
+from herald.segments import SEPARATOR
+from herald.settings import Settings, load_settings
+from jobs.common import (checkpoint_dir, latest_checkpoint, make_environments, register_tables,
+                         sql_statements)
+
+JOB_NAME = "herald-expansion"
+# Kafka transactions of the promo sink stay open for one checkpoint interval; the broker's
+# transaction.max.timeout.ms (15 min by default) caps this.
+TRANSACTION_TIMEOUT_MS = 600_000
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The tables the job reads and writes; a benchmark or test may swap any of them."""
+    campaigns: str = "expansion_campaigns_in"
+    control: str = "expansion_control_in"
+    promo: str = "expansion_promo_out"
+    status: str = "expansion_status_out"
+    dlq: str = "expansion_dlq_out"
+
+
+def job_settings(settings: Settings) -> Settings:
+    """This job's view of the settings: its own checkpoint directory and REST port."""
+    return settings.replace(flink_checkpoint_dir=str(checkpoint_dir(settings) / "expansion"),
+                            flink_rest_port=settings.expansion_rest_port)
+
+
+def build_pipeline(env, t_env, settings: Settings, tables: Tables = Tables()) -> None:
+    """Kafka tables → keyed expansion operator (Python, per batch) → SQL unnest (Java) → sinks.
+
+    With the default ``tables`` the Kafka tables of sql/expansion_tables.sql are registered;
+    otherwise the caller has created the ones it names.
+    """
+    from pyflink.common import Types
+    from operators.expansion import BATCH, ExpandFunction
+    from operators.rows import DLQ_TAG, STATUS_TAG
+
+    if tables == Tables():
+        register_tables(t_env, "expansion_tables.sql", settings,
+                        transactional_id_prefix=f"{settings.consumer_group}-expansion",
+                        transaction_timeout_ms=str(TRANSACTION_TIMEOUT_MS))
+    # Only the key (campaign id) and the raw record cross into Python.
+    campaigns = t_env.to_data_stream(t_env.sql_query(
+        f"SELECT COALESCE(JSON_VALUE(v, '$.campaign_id'), k, '') AS ckey, k, v "
+        f"FROM {tables.campaigns}"))
+    cancels = t_env.to_data_stream(t_env.sql_query(
+        f"SELECT COALESCE(JSON_VALUE(v, '$.campaign_id'), '') AS ckey, k, v "
+        f"FROM {tables.control} WHERE JSON_VALUE(v, '$.kind') = '{CANCEL_CAMPAIGN}'"))
+    batches = (campaigns.connect(cancels)
+               .key_by(lambda r: r[0], lambda r: r[0], key_type=Types.STRING())
+               .process(ExpandFunction(settings), output_type=BATCH)
+               .name("expand").uid("expand"))
+    t_env.create_temporary_view("expansion_batches", t_env.from_data_stream(batches))
+    records = t_env.sql_query(sql_statements(
+        "expansion_records.sql", settings, batches="expansion_batches",
+        separator_code=str(ord(SEPARATOR)), recipient_separator=RECIPIENT_SEPARATOR)[0])
+    statements = t_env.create_statement_set()
+    statements.add_insert(tables.promo, records)
+    statements.add_insert(tables.status, t_env.from_data_stream(
+        batches.get_side_output(STATUS_TAG)))
+    statements.add_insert(tables.dlq, t_env.from_data_stream(batches.get_side_output(DLQ_TAG)))
+    statements.attach_as_datastream()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parallelism", type=int, default=None)
+    parser.add_argument("--restore", metavar="PATH", default=None,
+                        help="a checkpoint or savepoint to start from ('latest': the newest"
+                             " retained checkpoint of an earlier run of this job)")
+    args, _ = parser.parse_known_args(argv)
+    settings = job_settings(load_settings())
+    restore = latest_checkpoint(settings) if args.restore == "latest" else args.restore
+    if restore:
+        print(f"{JOB_NAME}: restoring from {restore}", flush=True)
+    env, t_env = make_environments(settings, JOB_NAME, restore_from=restore,
+                                   parallelism=args.parallelism)
+    build_pipeline(env, t_env, settings)
+    env.execute(JOB_NAME)
+
+
+if __name__ == "__main__":
+    main()
