@@ -590,14 +590,14 @@ def config_key(c: dict) -> str:
 
 
 def run_stages(repeats: int, in_flight: int, users: int, timeout: float, quick: bool,
-               only: str | None) -> None:
+               only: str | None, append: bool = False) -> None:
     doc = json.loads(JSON_PATH.read_text()) if JSON_PATH.exists() else {}
     stages = doc.get("stages", {})
     for c in matrix(quick):
         key = config_key(c)
         if only and only not in key:
             continue
-        runs = []
+        runs = list(stages[key]["runs"]) if append and key in stages else []
         for _ in range(repeats):
             run = run_stage(c["design"], c["latency"], c["n"], users, in_flight, timeout,
                             c["batch"], c.get("bundle_ms", 5), c.get("batch_ms", 20),
@@ -634,27 +634,22 @@ DESIGN_NAMES = {
 
 
 def choose(stages: dict) -> str | None:
-    """The fastest in-job design at 10 ms that is consistent on restore (sql): the bar is
-    met with the least latency, so prefer the smallest batch that clears it."""
-    best_key, best = None, None
+    """The in-job design that is consistent on restore (sql) and cleared the bar at 10 ms in
+    at least two runs (the machine is shared, so one lucky run is not enough, and a run under
+    someone else's load is not held against it); among those the smallest Arrow batch (the
+    least added latency), then the higher second-best rate."""
+    picks = []
     for key, s in stages.items():
-        b = s["best"]
         c = s["config"]
-        if c["design"] != "sql" or c.get("rate") or c["latency"] != 10 or "error" in b:
+        if c["design"] != "sql" or c.get("rate") or c["latency"] != 10:
             continue
-        if not b.get("exact") or not b.get("per_user_order"):
+        runs = [r for r in s["runs"] if "error" not in r]
+        if not runs or not all(r.get("exact") and r.get("per_user_order") for r in runs):
             continue
-        rate = b.get("calls_per_s") or 0
-        if rate >= BAR_CALLS_PER_S:
-            if best is None or (c["batch"], -rate) < (best["config"]["batch"],
-                                                      -(best["best"]["calls_per_s"])):
-                best_key, best = key, s
-    if best_key is None:  # nothing clears the bar: the fastest consistent one, for the record
-        cands = [(s["best"].get("calls_per_s") or 0, k) for k, s in stages.items()
-                 if s["config"]["design"] == "sql" and s["config"]["latency"] == 10
-                 and not s["config"].get("rate")]
-        best_key = max(cands)[1] if cands else None
-    return best_key
+        rates = sorted((r.get("calls_per_s") or 0 for r in runs), reverse=True)
+        second = rates[1] if len(rates) > 1 else 0
+        picks.append((second < BAR_CALLS_PER_S, c["batch"], -second, key))
+    return min(picks)[3] if picks else None
 
 
 def fmt(v, unit="") -> str:
@@ -673,8 +668,8 @@ def write_report() -> None:
          "with another engineer's test runs (load average noted per run in the JSON), Python "
          f"{meta.get('python')}, PyFlink 2.2.1 MiniCluster, parallelism 1, checkpoints every "
          "5 s. The FCM mock runs in its own process on the same machine (loopback), with 0 or "
-         "10 ms added latency. Every run is bounded (≤ 300k rows, killed at 120 s), ran twice; "
-         "the better run is shown, the other in brackets, to show the noise. "
+         "10 ms added latency. Every run is bounded (≤ 300k rows, killed at 120 s) and ran at least "
+         "twice; the best run is shown, the others in brackets, to show the noise. "
          "`python bench/call_stage.py all` reproduces it.", "",
          "All designs use the same call stage (`CallStage` in bench/call_stage.py): build each "
          "call with the FCM adapter, send the batch with `udfs/http_client.py` (one user's "
@@ -686,11 +681,12 @@ def write_report() -> None:
          "filter; for the gateway, the poll). Unpaced sources run flat out, so their latency "
          "is mostly queueing in front of a saturated stage; the `paced 2000/s` rows show what a "
          "record sees below capacity. Every run was checked at the mock: each id accepted "
-         "exactly once, each user's calls in order.", "",
+         "exactly once, each user's calls in order. `load` is the 1-minute load average "
+         "right after the best run (2 cores: above 2, someone else was competing).", "",
          f"Bar (issue 3): ≥ {BAR_CALLS_PER_S} provider calls/s at 10 ms mock latency.", "",
-         "| design | settings | mock latency | calls/s (other run) | steady calls/s | "
-         "p50 / p99 added ms | exact, order | |",
-         "|---|---|---|---|---|---|---|---|"]
+         "| design | settings | mock latency | calls/s (other runs) | steady calls/s | "
+         "p50 / p99 added ms | exact, order | load | |",
+         "|---|---|---|---|---|---|---|---|---|"]
 
     def order(item):
         key, s = item
@@ -713,13 +709,14 @@ def write_report() -> None:
         if "error" in b:
             rate = f"failed: {b['error'][:80]}"
         else:
-            other = ", ".join(f"{o} calls/s" if o else "failed" for o in others)
+            other = ", ".join(str(o) if o else "failed" for o in others)
             rate = f"{b['calls_per_s']} calls/s" + (f" ({other})" if other else "")
         checks = ("yes" if b.get("exact") else "NO") + ", " + \
             ("yes" if b.get("per_user_order") else "NO")
         L.append(f"| {c['design']} | {settings} | {c['latency']} ms | {rate} | "
                  f"{fmt(b.get('steady_calls_per_s'))} | {fmt(b.get('p50_ms'))} / "
-                 f"{fmt(b.get('p99_ms'))} | {checks} | {'**chosen**' if key == chosen else ''} |")
+                 f"{fmt(b.get('p99_ms'))} | {checks} | {fmt(b.get('loadavg_1m'))} | "
+                 f"{'**chosen**' if key == chosen else ''} |")
     L += ["", "## Restore from a checkpoint: can a call be lost or repeated?", "",
           "| design | lost? repeated? why |", "|---|---|"]
     for d in ("sql", "ds", "gateway"):
@@ -760,6 +757,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--in-flight", type=int, default=512)
     ap.add_argument("--quick", action="store_true", help="a tenth of the rows (a smoke run)")
     ap.add_argument("--only", help="run only the configurations whose key contains this")
+    ap.add_argument("--append", action="store_true",
+                    help="add the new runs to those already in the JSON (a noisy machine)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--design", choices=sorted(STAGES))
@@ -783,7 +782,7 @@ def main(argv: list[str] | None = None) -> None:
         save({"clients": rows})
     if args.what in ("stages", "all"):
         run_stages(args.repeats, args.in_flight, args.users, args.timeout, args.quick,
-                   args.only)
+                   args.only, args.append)
     if args.what in ("stages", "all", "report", "clients"):
         write_report()
 
