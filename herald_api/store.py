@@ -7,7 +7,9 @@ Key layout (``{tenant}`` is a configured tenant name: no ``:`` in it):
   ``user_id``, ``push_token``, ``platform``, ``phone``, ``email``, ``locale``, ``opt_outs``
   comma-joined, ``quiet_start``, ``quiet_end``, ``quiet_tz``) and ``updated_at``.
 - ``herald:segment:{tenant}:{name}`` (list): the segment's user ids, in the order given;
-  ``herald:segment:{tenant}:{name}:meta`` (hash): ``count``, ``updated_at``.
+  ``herald:segment:{tenant}:{name}:meta`` (hash): ``count``, ``updated_at``. The same ids are
+  also written as a Parquet version (``herald.segments``): that file is what the expansion
+  reads.
 - ``herald:idem:{tenant}:{scope}:{key}`` (string): the first answer ``{"status", "body"}``, or
   a pending marker while the first request runs. Scopes: ``ntf`` (notification id), ``cmp``
   (campaign id), ``hdr:{route}`` (an ``Idempotency-Key`` header).
@@ -27,6 +29,7 @@ Audit keys expire ``audit_retention_s`` after their last write; idempotency keys
 """
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
@@ -36,6 +39,7 @@ import orjson
 from herald import states
 from herald.campaigns import Campaign
 from herald.models import Notification
+from herald.segments import SegmentFiles
 from herald_api.records import UserRecord
 
 PREFIX = "herald"
@@ -199,16 +203,24 @@ class UserStore:
 # ---------------------------------------------------------------- segments
 
 class SegmentStore:
-    """Segments as Redis lists, read back in batches by index (a resumable cursor).
+    """Segments as Redis lists, read back in batches by index (a resumable cursor), and as
+    Parquet versions (``files``) for the expansion job.
 
     The interface (put / info / read) is what a Parquet-backed store would implement too.
+    ``files`` defaults to the directory the ``HERALD_*`` settings name (``segments_dir``).
     """
 
-    def __init__(self, redis):
+    def __init__(self, redis, files: SegmentFiles | None = None):
         self.redis = redis
+        if files is None:
+            from herald.settings import load_settings
+            files = SegmentFiles.from_settings(load_settings())
+        self.files = files
 
     async def put(self, tenant: str, name: str, user_ids: Sequence[str], now_ms: int) -> int:
         """Replace the segment atomically: readers see the old list or the new one, never a mix."""
+        # the Parquet version first: ids it refuses (control characters) change nothing
+        await asyncio.to_thread(self.files.write, tenant, name, user_ids, now_ms)
         key, meta = segment_key(tenant, name), segment_meta_key(tenant, name)
         staging = f"{key}:staging:{uuid.uuid4().hex}"
         try:
