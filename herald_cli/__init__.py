@@ -1,0 +1,1 @@
+"""Herald's operator CLI: ``python -m herald_cli <command>`` (redrive, quota)."""

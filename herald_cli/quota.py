@@ -1,0 +1,38 @@
+"""``herald_cli quota``: a quota change, applied at once and recorded on ``herald.control``.
+
+It is written straight into the limiter's Redis config (the call stages pick it up within
+``quota_refresh_ms``) and also produced as a ``kind: quota`` record to ``herald.control``, the
+contract's door for quota changes, which the delivery job applies the same way (setting values
+twice is harmless).
+"""
+from __future__ import annotations
+
+import redis
+
+from herald.ratelimit import RedisRateLimiter
+from herald.settings import Settings
+from udfs.quotas import QuotaStore, quota_from_dict
+
+
+def set_quota(settings: Settings, provider: str, rate_per_s: float, burst: float, *,
+              tenant: str | None = None, control: bool = True) -> str:
+    record = {"kind": "quota", "provider": provider, "rate_per_s": rate_per_s, "burst": burst}
+    if tenant is not None:
+        record["tenant_id"] = tenant
+    change = quota_from_dict(record)  # the same validation the job applies
+    client = redis.Redis(host=settings.redis_host, port=settings.redis_port)
+    try:
+        QuotaStore(client, RedisRateLimiter(client,
+                                            reserve_fraction=settings.ratelimit_reserve_fraction,
+                                            namespace=settings.ratelimit_namespace)).apply(change)
+    finally:
+        client.close()
+    if control:
+        from kafka import KafkaProducer
+        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+        try:
+            producer.send(settings.topic_control, key=b"quota", value=change.to_json()).get(30)
+        finally:
+            producer.close()
+    who = provider + (f"/{tenant}" if tenant else "")
+    return f"quota {who}: {rate_per_s:g}/s, burst {burst:g}"
