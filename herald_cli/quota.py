@@ -36,3 +36,17 @@ def set_quota(settings: Settings, provider: str, rate_per_s: float, burst: float
             producer.close()
     who = provider + (f"/{tenant}" if tenant else "")
     return f"quota {who}: {rate_per_s:g}/s, burst {burst:g}"
+
+
+def register(commands) -> None:
+    """``quota --provider P --rate R --burst B [--tenant T]``."""
+    quota = commands.add_parser("quota", help="change a provider's (or a tenant's) quota now")
+    quota.add_argument("--provider", required=True, choices=("fcm", "apns", "twilio", "sendgrid"))
+    quota.add_argument("--rate", type=float, required=True, help="requests per second")
+    quota.add_argument("--burst", type=float, required=True, help="bucket size (requests)")
+    quota.add_argument("--tenant", default=None, help="a tenant's own bucket at this provider")
+    quota.add_argument("--no-control", action="store_true",
+                       help="only write Redis; do not put the record on herald.control")
+    quota.set_defaults(run=lambda args, settings: set_quota(
+        settings, args.provider, args.rate, args.burst, tenant=args.tenant,
+        control=not args.no_control))

@@ -123,3 +123,33 @@ def redrive_dlq(settings: Settings, *, limit: int | None = None, to: str = "retr
         if producer is not None:
             producer.close()
     return report
+
+
+def register(commands) -> None:
+    """``redrive --from-dlq``."""
+    redrive = commands.add_parser(
+        "redrive", help="send dead letters of the delivery stage back into the pipeline")
+    redrive.add_argument("--from-dlq", action="store_true", required=True,
+                         help="read the dead-letter topic (the only source there is)")
+    redrive.add_argument("--limit", type=_positive, default=None, metavar="N",
+                         help="re-drive at most N records (default: all not re-driven yet)")
+    redrive.add_argument("--to", choices=("retry", "class"), default="retry",
+                         help="retry: the class's retry topic, past the gate's dedup (default);"
+                              " class: the class topic itself (only useful once the gate's"
+                              " dedup window, dedup_ttl_ms, has passed)")
+    redrive.add_argument("--dry-run", action="store_true",
+                         help="show what would be re-driven; produce and commit nothing")
+    redrive.add_argument("--group", default=None,
+                         help="consumer group that remembers what was re-driven "
+                              "(default: <consumer_group>-redrive)")
+    redrive.set_defaults(run=lambda args, settings: redrive_dlq(
+        settings, limit=args.limit, to=args.to, dry_run=args.dry_run,
+        group=args.group).summary())
+
+
+def _positive(text: str) -> int:
+    import argparse
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value

@@ -146,6 +146,35 @@ def test_when_the_providers_quota_drops_herald_follows(settings, fcm, rclient, u
     assert float(rclient.hget(f"rl{unique}:{{fcm}}", "rate")) < 900  # AIMD's rate, in Redis
 
 
+def test_the_quota_cli_sets_redis_at_once_and_records_the_change_on_herald_control(
+        test_settings, unique):
+    import os
+    import subprocess
+    import sys
+
+    from herald.settings import PROJECT_ROOT, settings_env
+    settings = test_settings.replace(ratelimit_namespace=f"rl{unique}")
+    done = subprocess.run(
+        [sys.executable, "-m", "herald_cli", "quota", "--provider", "twilio", "--rate", "5",
+         "--burst", "10", "--tenant", "acme"], cwd=PROJECT_ROOT,
+        env={**os.environ, **settings_env(settings)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    client = redis_lib.Redis(host=settings.redis_host, port=settings.redis_port,
+                             decode_responses=True)
+    stored = client.hgetall(f"rl{unique}:{{twilio}}:acme")
+    client.close()
+    assert {k: float(v) for k, v in stored.items()} == {
+        "quota_rate": 5.0, "quota_burst": 10.0, "rate": 5.0, "burst": 10.0}
+    [record] = read_until(settings.kafka_bootstrap, settings.topic_control, lambda r: len(r) >= 1)
+    assert record["_key"] == "quota" and record["tenant_id"] == "acme"
+    assert (record["kind"], record["provider"], record["rate_per_s"]) == ("quota", "twilio", 5.0)
+    bad = subprocess.run([sys.executable, "-m", "herald_cli", "quota", "--provider", "fcm",
+                          "--rate", "5", "--burst", "1"], cwd=PROJECT_ROOT,
+                         env={**os.environ, **settings_env(settings)}, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "'burst' must be between 2" in bad.stderr
+
+
 def test_critical_traffic_goes_first_while_promotional_saturates_the_quota(settings, fcm,
                                                                            unique, tmp_path):
     # 100/s with a burst of 100: 20 tokens are the critical lane's reserve. The critical load
