@@ -8,6 +8,8 @@ mock's receive ``t_ms``).
 
     .venv/bin/python bench/call_stage.py clients            # HTTP clients alone, no Flink
     .venv/bin/python bench/call_stage.py stages             # the call-stage designs
+    .venv/bin/python bench/call_stage.py restore            # kill -9 after a checkpoint, restart
+    .venv/bin/python bench/call_stage.py one --design sql --batch 5000 --latency-ms 10 --n 300000
     .venv/bin/python bench/call_stage.py all                # both, then the report
     .venv/bin/python bench/call_stage.py report             # rewrite the .md from the .json
     BENCH_EXTRA_PATH=/tmp/herald-bench-extra ...            # uvloop / pycurl / curl-cffi from a
@@ -439,7 +441,6 @@ def ds_stage(args) -> dict:
 
 def gateway_stage(args) -> dict:
     """(c) no Flink: poll a batch from Kafka → send it → produce its statuses → commit."""
-    import orjson
     from kafka import KafkaConsumer, KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
     from herald.models import parse_notification
