@@ -22,6 +22,19 @@ trip (``udfs.markers``), then rounds run until every notification has a fate:
 
 The claims are settled in one round trip at the end: ``sent`` for what a provider accepted,
 released for everything else, so a retry later is a fresh claim.
+
+What a retry does to per-user order: inside a batch, a user's calls are chained and the chain
+stops at a throttled or failed call, so the user's later messages of that batch wait behind it
+(inline for a throttle; for a retry they go onto the retry topic right behind it, same key, same
+``not_before``, and come back in order). Messages of that user released by the gate *after*
+that batch do not wait for the retry: they may reach the provider before it. Holding a user's
+whole stream behind one message's backoff would let one bad token or one flaky provider delay
+everything else the user gets (an OTP behind a marketing push), so Herald keeps order for what
+it sends together and lets a retried message fall behind. Fallbacks run in the same batch, so a
+message that moves to SMS is not overtaken by one released later.
+
+State: the circuit breakers and the AIMD rates are per operator instance (each class's call
+stage has its own); the token buckets, quotas and holds are in Redis and shared by all.
 """
 from __future__ import annotations
 
@@ -190,11 +203,16 @@ class BatchCalls:
         done = clock_ms()
         halted: list[Task] = []
         behind: dict[str, tuple[str, int | None]] = {}  # user → fate of the call they wait on
+        throttled: dict[str, int] = {}  # provider → longest Retry-After among this round's 429s
         for task, answer in zip(go, answers):
             if isinstance(answer, ChainHalted):
                 halted.append(task)
                 continue
-            self._answered(task, answer, done, crashed, accepted, out, later, behind)
+            self._answered(task, answer, done, crashed, accepted, out, later, behind, throttled)
+        for name, retry_after_ms in throttled.items():
+            # One decrease and one hold per provider and round: the 429s of calls that were in
+            # flight together are one signal, not one each.
+            self.rates.on_throttle(name, retry_after_ms)
         for task in halted:
             fate, not_before = behind.get(task.n.user_id, ("wait", None))
             if fate == "requeue":
@@ -228,7 +246,7 @@ class BatchCalls:
         return False
 
     def _answered(self, task: Task, answer, now: int, crashed: set[str], accepted: list[str],
-                  out: StageOutput, later: list[Task], behind: dict) -> None:
+                  out: StageOutput, later: list[Task], behind: dict, throttled: dict) -> None:
         adapter = task.adapter
         name = adapter.name
         if isinstance(answer, HttpClientError):
@@ -252,7 +270,7 @@ class BatchCalls:
             return
         if outcome.kind is Kind.THROTTLED:
             retry_after_ms = int((outcome.retry_after_s or 0) * 1000)
-            self.rates.on_throttle(name, retry_after_ms)
+            throttled[name] = max(throttled.get(name, 0), retry_after_ms)
             if retry_after_ms <= self.settings.throttle_inline_max_ms:
                 task.request = None  # rebuilt next round (TTLs count down)
                 later.append(task)

@@ -176,7 +176,7 @@ def test_retries_run_out_then_the_next_channel_is_tried(mocks, make_stage):
 
 def test_an_open_circuit_defers_calls_without_using_attempts(mocks, make_stage):
     fcm = mocks("fcm", "--failure-rate", "1")
-    stage = make_stage(fcm_url=fcm.url, breaker_failure_threshold=3, breaker_cool_down_ms=60_000)
+    stage = make_stage(fcm_url=fcm.url, breaker_failure_threshold=3, breaker_cool_down_ms=30_000)
     first = stage.send_all([note(i, channels=["push"]) for i in range(3)])
     assert states(first) == {"retrying": 3}
     assert stage.breakers.states() == {"fcm": "open"}
@@ -187,7 +187,7 @@ def test_an_open_circuit_defers_calls_without_using_attempts(mocks, make_stage):
     assert fcm.stats()["received"] == 3  # nothing more went to the provider
     for _, record in out.retries:
         task, not_before = decode_retry(orjson.loads(record))
-        assert task.attempt == 1 and not_before >= now_ms() + 50_000
+        assert task.attempt == 1 and not_before >= now_ms() + 25_000
 
 
 def test_throttles_lower_the_rate_and_wait_in_the_operator(mocks, make_stage):

@@ -87,6 +87,9 @@ def test_an_outage_mid_run_loses_nothing_and_sends_nothing_twice(test_settings, 
     assert set(at_provider) == ids, "lost at the provider"
     assert max(at_provider.values()) == 1, "sent twice"
     retrying = [s for s in statuses if s["state"] == "retrying"]
+    print(f"outage: {stats['by_reason'].get('outage', 0)} calls answered 503, "
+          f"{len(retrying)} retrying events ({sum('circuit open' in s['detail'] for s in retrying)}"
+          f" of them while the circuit was open), {stats['accepted']} accepted, each id once")
     assert retrying and all(s["id"] in ids for s in retrying)
     assert any("circuit open for fcm" in s["detail"] for s in retrying)
     # The breaker kept the outage's calls few: far fewer 503s than notifications waiting.
