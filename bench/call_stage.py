@@ -546,7 +546,8 @@ def run_stage(design: str, latency: int, n: int, users: int, in_flight: int, tim
             run["error"] = "no result: " + " | ".join(output.strip().splitlines()[-6:])[-1500:]
         records = mock.records()
         if note.exists():
-            run["loops"] = sorted({json.loads(x)["loop"] for x in note.read_text().splitlines() if x})
+            lines = note.read_text().splitlines()
+            run["loops"] = sorted({json.loads(x)["loop"] for x in lines if x})
         run["mock_cpu_s"] = round(mock.cpu(), 2)
     run["job_cpu_s_sampled"] = round(cpu_seen, 2)
     ex = exactness(records, n)
@@ -780,8 +781,8 @@ def write_report() -> None:
          "with another engineer's test runs (load average noted per run in the JSON), Python "
          f"{meta.get('python')}, PyFlink 2.2.1 MiniCluster, parallelism 1, checkpoints every "
          "5 s. The FCM mock runs in its own process on the same machine (loopback), with 0 or "
-         "10 ms added latency. Every run is bounded (≤ 300k rows, killed at 120 s) and ran at least "
-         "twice; the best run is shown, the others in brackets, to show the noise. "
+         "10 ms added latency. Every run is bounded (≤ 300k rows, killed at 120 s) and ran "
+         "at least twice; the best run is shown, the others in brackets, to show the noise. "
          "`python bench/call_stage.py all` reproduces it.", "",
          "All designs use the same call stage (`CallStage` in bench/call_stage.py): build each "
          "call with the FCM adapter, send the batch with `udfs/http_client.py` (one user's "
@@ -888,7 +889,8 @@ def write_report() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["clients", "stages", "all", "report", "one", "restore", "client-child",
+    ap.add_argument("what", choices=["clients", "stages", "all", "report", "one", "restore",
+                                     "client-child",
                                      "stage-child"])
     ap.add_argument("--client")
     ap.add_argument("--loop", default="asyncio")
