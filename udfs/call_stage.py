@@ -253,8 +253,9 @@ class BatchCalls:
             outcome = adapter.transport_error(answer)
         else:
             outcome = adapter.classify(answer.status, answer.headers, answer.body)
-        task.remember(Attempt(task.channel, name, task.attempt, now, outcome.kind.value,
-                              outcome.detail, outcome.status).to_dict())
+        if outcome.kind is not Kind.OK:  # the history is for retries and dead letters
+            task.remember(Attempt(task.channel, name, task.attempt, now, outcome.kind.value,
+                                  outcome.detail, outcome.status).to_dict())
         breaker = self.breakers[name]
         user = task.n.user_id
         if outcome.kind is not Kind.RETRYABLE and breaker.state != CLOSED:
