@@ -20,8 +20,11 @@ trip (``udfs.markers``), then rounds run until every notification has a fate:
    next one (``fallback``) in the same batch; after the last one, ``failed`` and one dead
    letter with the reason and the attempt history. Expired at any point → ``expired``.
 
-The claims are settled in one round trip at the end: ``sent`` for what a provider accepted,
-released for everything else, so a retry later is a fresh claim.
+The claims are settled after every round, in one round trip: ``sent`` for what a provider
+accepted, released for what left the batch otherwise (re-queued, expired, dead-lettered), so a
+retry later is a fresh claim. Settling per round, not per batch, matters once a batch waits for
+tokens for seconds: a crash then re-sends only the calls of the round in flight, not every call
+the batch made before it.
 
 What a retry does to per-user order: inside a batch, a user's calls are chained and the chain
 stops at a throttled or failed call, so the user's later messages of that batch wait behind it
@@ -103,6 +106,7 @@ class BatchCalls:
                                         cool_down_ms=s.breaker_cool_down_ms)
         self.sleep = sleep
         self.waited_ms = 0  # time spent waiting for tokens (backpressure), for tests and metrics
+        self._released: list[str] = []  # ids whose claim goes at the end of this round
 
     def close(self) -> None:
         self.transport.close()
@@ -134,12 +138,15 @@ class BatchCalls:
                                               detail=ACCEPTED_BEFORE_RESTART))
             else:
                 waiting.append(task)
-        accepted: list[str] = []
         self.rates.refresh()
+        self._released = [t.n.id for t in tasks if t.n.id in sent_before]
         while waiting:
+            accepted: list[str] = []
             waiting = self._round(waiting, in_flight_at_crash, accepted, out)
-        done = set(accepted)
-        self.markers.settle(accepted, [t.n.id for t in tasks if t.n.id not in done])
+            self.markers.settle(accepted, self._released)
+            self._released = []
+        if self._released:
+            self.markers.settle((), self._released)
         return out
 
     def _round(self, waiting: list[Task], crashed: set[str], accepted: list[str],
@@ -327,6 +334,7 @@ class BatchCalls:
             task.adapter = task.request = None
             later.append(task)
             return
+        self._released.append(task.n.id)
         reason = (f"every channel failed; last: {failed_channel} ({failure}: {detail})"
                   if len(task.n.channels) > 1 else f"{failed_channel} failed ({failure}: {detail})")
         out.statuses.append(Status.of(task.n, states.FAILED, now, channel=failed_channel,
@@ -342,6 +350,7 @@ class BatchCalls:
             self._expired(task, now, f"{detail}; not before expires_at", out)
             return
         task.step += 1
+        self._released.append(task.n.id)
         out.statuses.append(Status.of(task.n, states.RETRYING, now, channel=task.channel,
                                       provider=provider or (task.adapter.name if task.adapter
                                                             else None),
@@ -349,8 +358,8 @@ class BatchCalls:
                                       detail=f"{detail}; next try at {not_before}"))
         out.retries.append((task.n.user_id, encode_retry(task, not_before)))
 
-    @staticmethod
-    def _expired(task: Task, now: int, detail: str, out: StageOutput) -> None:
+    def _expired(self, task: Task, now: int, detail: str, out: StageOutput) -> None:
+        self._released.append(task.n.id)
         out.statuses.append(Status.of(task.n, states.EXPIRED, now, channel=task.channel,
                                       attempt=task.attempt, detail=detail))
 

@@ -207,6 +207,28 @@ def test_throttles_lower_the_rate_and_wait_in_the_operator(mocks, make_stage):
     assert stage.waited_ms > 0  # the operator blocked: backpressure, not drops
 
 
+def test_what_a_round_sent_is_marked_sent_before_the_batch_waits_for_more_tokens(
+        mocks, make_stage, base_settings):
+    fcm = mocks("fcm")
+    stage = make_stage(fcm_url=fcm.url, quota_fcm_rate_per_s=20.0, quota_fcm_burst=5.0)
+    batch = [note(i, channels=["push"], user=f"u{i}") for i in range(10)]
+    client = redis_lib.Redis(host=base_settings.redis_host, port=base_settings.redis_port)
+    seen_while_waiting = []
+
+    def sleep(seconds):  # the batch blocks for tokens: what would a crash now leave behind?
+        sent = {n.id for n in batch if client.exists(f"herald:sent:{n.id}")}
+        seen_while_waiting.append((sent, {r["herald_id"] for r in fcm.log()}))
+        time.sleep(seconds)
+    stage.sleep = sleep
+    out = stage.send_all(batch)
+    client.close()
+    assert states(out) == {"delivered": 10}
+    assert seen_while_waiting, "the batch never had to wait"
+    for sent, at_provider in seen_while_waiting:
+        assert sent == at_provider  # a crash mid-batch re-sends nothing the provider has
+    assert 0 < len(seen_while_waiting[0][0]) < 10
+
+
 def test_what_expires_while_waiting_for_tokens_is_expired_not_sent(mocks, make_stage):
     fcm = mocks("fcm")
     stage = make_stage(fcm_url=fcm.url, quota_fcm_rate_per_s=2.0, quota_fcm_burst=2.0)
