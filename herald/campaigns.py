@@ -255,10 +255,22 @@ def recipient_json(c: Campaign, user_id: str) -> bytes:
                          **recipient_fields(c)})
 
 
+def recipient_json_head(c: Campaign) -> str:
+    """``{"id":"{campaign_id}:`` JSON-escaped, without the closing quote: the expansion SQL
+    appends each user id (escaped), then ``","user_id":"``, the id again, ``",`` and the tail."""
+    return '{"id":' + orjson.dumps(recipient_id(c.campaign_id, "")).decode()[:-1]
+
+
 def recipient_json_tail(c: Campaign) -> str:
-    """``recipient_json`` after its ``"user_id"`` member: ``"tenant_id":…}``. The SQL writes
-    ``{"id":…,"user_id":…,`` per recipient and appends this, the same for all of them."""
+    """``recipient_json`` after its ``"user_id"`` member: ``"tenant_id":…}``, the same for every
+    recipient of ``c``."""
     return orjson.dumps(recipient_fields(c)).decode()[1:]
+
+
+def escape_json_text(text: str) -> str:
+    """What the expansion SQL does to a user id inside a JSON string: backslashes and double
+    quotes escaped. Enough, as ids with control characters are refused (herald.segments)."""
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 # ---------------------------------------------------------------- expansion

@@ -17,7 +17,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # `flink run -py jobs/expansion.py` runs this file as a script
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from herald.campaigns import CANCEL_CAMPAIGN, RECIPIENT_SEPARATOR
+from herald.campaigns import CANCEL_CAMPAIGN
 from herald.segments import SEPARATOR
 from herald.settings import Settings, load_settings
 from jobs.common import (checkpoint_dir, latest_checkpoint, make_environments, register_tables,
@@ -55,6 +55,9 @@ def build_pipeline(env, t_env, settings: Settings, tables: Tables = Tables()) ->
     from operators.expansion import BATCH, ExpandFunction
     from operators.rows import DLQ_TAG, STATUS_TAG
 
+    # Chained operators hand rows on without a defensive copy: without this, each unnested
+    # row's copy re-encodes its batch's whole id string (measured: half the job's CPU).
+    env.get_config().enable_object_reuse()
     if tables == Tables():
         register_tables(t_env, "expansion_tables.sql", settings,
                         transactional_id_prefix=f"{settings.consumer_group}-expansion",
@@ -70,10 +73,11 @@ def build_pipeline(env, t_env, settings: Settings, tables: Tables = Tables()) ->
                .key_by(lambda r: r[0], lambda r: r[0], key_type=Types.STRING())
                .process(ExpandFunction(settings), output_type=BATCH)
                .name("expand").uid("expand"))
-    t_env.create_temporary_view("expansion_batches", t_env.from_data_stream(batches))
+    # Batches round-robin to the SQL subtasks: one campaign (one key) spreads over all of them.
+    t_env.create_temporary_view("expansion_batches", t_env.from_data_stream(batches.rebalance()))
     records = t_env.sql_query(sql_statements(
         "expansion_records.sql", settings, batches="expansion_batches",
-        separator_code=str(ord(SEPARATOR)), recipient_separator=RECIPIENT_SEPARATOR)[0])
+        separator_code=str(ord(SEPARATOR)))[0])
     statements = t_env.create_statement_set()
     statements.add_insert(tables.promo, records)
     statements.add_insert(tables.status, t_env.from_data_stream(

@@ -23,7 +23,8 @@ from pyflink.datastream.state import ValueStateDescriptor
 
 from herald import states
 from herald.campaigns import (AudienceSource, Campaign, Expander, Expansion, Step,
-                              cancel_from_dict, parse_campaign, recipient_json_tail)
+                              cancel_from_dict, parse_campaign, recipient_json_head,
+                              recipient_json_tail)
 from herald.errors import ValidationError
 from herald.models import dead_letter, load_object
 from herald.segments import (SEPARATOR, SegmentFiles, SegmentReader, check_ids, ids_array,
@@ -31,10 +32,11 @@ from herald.segments import (SEPARATOR, SegmentFiles, SegmentReader, check_ids, 
 from herald.settings import Settings
 from operators.rows import DLQ_TAG, STATUS_TAG
 
-# One batch of recipients: what every recipient's record shares, and the ids joined by
-# herald.segments.SEPARATOR (ids never contain it: segments and inline lists are checked).
-BATCH = Types.ROW_NAMED(["campaign_id", "tail", "ids"],
-                        [Types.STRING(), Types.STRING(), Types.STRING()])
+# One batch of recipients: the JSON every recipient's record starts and ends with, and the ids
+# joined by herald.segments.SEPARATOR (ids never contain it: segments and inline lists are
+# checked). sql/expansion_records.sql turns it into one record per id.
+BATCH = Types.ROW_NAMED(["campaign_id", "head", "tail", "ids"],
+                        [Types.STRING(), Types.STRING(), Types.STRING(), Types.STRING()])
 # Readers of segment files kept open (a file is read by one campaign at a time, mostly).
 OPEN_READERS = 8
 
@@ -99,7 +101,8 @@ class ExpandFunction(KeyedCoProcessFunction):
                                                       f"{step.batch[0]}: {exc}")
         yield from self._apply(state, step, ctx, now)
         if ids is not None:
-            yield Row(state.campaign_id, recipient_json_tail(state.campaign), ids)
+            c = state.campaign
+            yield Row(c.campaign_id, recipient_json_head(c), recipient_json_tail(c), ids)
 
     # ---- helpers
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from herald.campaigns import (DONE, EXPIRED, AudienceSource, CancelCampaign, Expander,
-                              campaign_from_dict, recipient_id, recipient_json,
-                              recipient_json_tail)
+                              campaign_from_dict, escape_json_text, recipient_id,
+                              recipient_json, recipient_json_head, recipient_json_tail)
 from herald.errors import ValidationError
 from herald.models import parse_notification
 
@@ -271,9 +271,11 @@ def test_a_recipient_record_is_a_valid_promotional_notification():
     assert "to" not in orjson.loads(recipient_json(c, "u-7"))
 
 
-@pytest.mark.parametrize("user_id", ["u-1", 'quo"te', "back\\slash", "ünï", "🎉"])
-def test_the_sql_shape_id_user_id_then_the_shared_tail_is_the_same_record(user_id):
-    c = campaign()
-    built = ('{"id":' + orjson.dumps(f"cmp-1:{user_id}").decode() + ',"user_id":'
-             + orjson.dumps(user_id).decode() + "," + recipient_json_tail(c))
+@pytest.mark.parametrize("user_id", ["u-1", 'quo"te', "back\\slash", '\\"', "ünï", "🎉",
+                                     "a/b", "\u2028"])
+def test_the_sql_shape_head_id_user_id_tail_is_the_same_record(user_id):
+    c = campaign(campaign_id='c"1\\')  # even a campaign id that needs escaping
+    e = escape_json_text(user_id)
+    built = recipient_json_head(c) + e + '","user_id":"' + e + '",' + recipient_json_tail(c)
     assert orjson.loads(built) == orjson.loads(recipient_json(c, user_id))
+    assert orjson.loads(built)["id"] == f'c"1\\:{user_id}'
