@@ -3,6 +3,10 @@
 Engine-free: the API validates a campaign with this before enqueueing it, and the expansion
 stage can parse what it reads off ``herald.campaigns`` with the same rules. Field readers are
 the ones ``herald.models`` uses for notifications, so a rule is written once.
+
+Also here: the recipient records (``recipient_json`` and the head/tail the expansion SQL
+wraps around each user id) and the expansion's decisions (``Expander``: cursor, send_at,
+expiry, cancel, campaign-level progress events), which the Flink operator only executes.
 """
 from __future__ import annotations
 

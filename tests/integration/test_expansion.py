@@ -301,6 +301,46 @@ def test_a_cancel_that_arrives_first_drops_the_campaign(scenario_settings, job, 
         ("cancelled", "cancelled before its expansion started")]
 
 
+def test_the_audit_store_shows_each_campaigns_expansion(scenario_settings, job, segment, unique):
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from herald_api.audit import AuditConsumer
+    from herald_api.store import AuditStore
+    segment(f"aud-{unique}", [f"a-{i}" for i in range(3_000)])
+    t = now_ms()
+    done = campaign(f"aud-{unique}", f"aud-{unique}")
+    expired = campaign(f"audx-{unique}", f"aud-{unique}", created_at=t - 7_200_000,
+                       expires_at=t - 1)
+    produce_campaigns(scenario_settings, done, expired)
+    read_until(scenario_settings.kafka_bootstrap, scenario_settings.topic_status,
+               lambda seen: complete(done["campaign_id"])(seen)
+               and events_of(expired["campaign_id"], seen), job=job)
+    consumer = AuditConsumer(scenario_settings.replace(audit_consumer_group=f"audit-{unique}"))
+    try:
+        consumer.drain()
+    finally:
+        consumer.close()
+
+    async def views(cid: str):
+        client = aioredis.Redis(host=scenario_settings.redis_host,
+                                port=scenario_settings.redis_port)
+        try:
+            store = AuditStore(client, scenario_settings.audit_retention_s)
+            return await store.campaign(TENANT, cid), await store.notification(TENANT, cid)
+        finally:
+            await client.aclose()
+    summary, history = asyncio.run(views(done["campaign_id"]))
+    assert summary["state"] == "accepted"
+    progress = [(a["detail"], a["expanded"], a["total"]) for a in history["attempts"]]
+    assert progress[0] == ("queued for expansion", 0, 0)
+    assert progress[-1] == ("expanded 3000/3000: expansion complete", 3_000, 3_000)
+    assert [e for _, e, _ in progress] == sorted(e for _, e, _ in progress)
+    summary, history = asyncio.run(views(expired["campaign_id"]))
+    assert summary["state"] == "expired" and len(history["attempts"]) == 1
+
+
 # ---------------------------------------------------------------- crash and restore
 
 def test_a_100k_campaign_reaches_promo_exactly_once_across_a_kill_and_restore(
