@@ -146,6 +146,16 @@ def read_promo(settings, partitions, expect: int, timeout_s: float = 60.0) -> li
     return out
 
 
+def drop_topics(settings) -> None:
+    """This run's topics go: a million records each are not worth keeping."""
+    from kafka.admin import KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        admin.delete_topics(list(settings.topics().values()))
+    finally:
+        admin.close()
+
+
 def measure(shape: str, n: int, batch: int, timeout_s: float, parallelism: int) -> dict:
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
     from bench.common import bench_env, machine, tree_cpu_seconds
@@ -214,7 +224,10 @@ def measure(shape: str, n: int, batch: int, timeout_s: float, parallelism: int) 
         ends.close()
         watch.consumer.close()
 
-    records = read_promo(settings, partitions, WARMUP + n)
+    try:
+        records = read_promo(settings, partitions, WARMUP + n)
+    finally:
+        drop_topics(settings)
     mine = [r for r in records if r[1].startswith(b'{"id":"big-')]
     c = parse_campaign(orjson.dumps(big))
     ids = {r[0] for r in mine}
