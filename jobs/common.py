@@ -93,3 +93,22 @@ def sql_statements(filename: str, settings: Settings, **extra: str) -> list[str]
 def register_tables(t_env, filename: str, settings: Settings, **extra: str) -> None:
     for statement in sql_statements(filename, settings, **extra):
         t_env.execute_sql(statement)
+
+
+def run_job(job_name: str, build_pipeline, settings: Settings, argv: list[str] | None = None,
+            description: str = "") -> None:
+    """A job's main(): `--parallelism N`, `--restore PATH|latest`, build, execute."""
+    import argparse
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--parallelism", type=int, default=None)
+    parser.add_argument("--restore", metavar="PATH", default=None,
+                        help="a checkpoint or savepoint to start from ('latest': the newest"
+                             " retained checkpoint of an earlier run of this job)")
+    args, _ = parser.parse_known_args(argv)
+    restore = latest_checkpoint(settings) if args.restore == "latest" else args.restore
+    if restore:
+        print(f"{job_name}: restoring from {restore}", flush=True)
+    env, t_env = make_environments(settings, job_name, restore_from=restore,
+                                   parallelism=args.parallelism)
+    build_pipeline(env, t_env, settings)
+    env.execute(job_name)

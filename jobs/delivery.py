@@ -5,7 +5,6 @@ On a cluster:   flink run -py jobs/delivery.py   (the connector jar from .stack/
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ if __package__ in (None, ""):  # `flink run -py jobs/delivery.py` runs this file
 
 from herald import states
 from herald.settings import Settings, load_settings
-from jobs.common import latest_checkpoint, make_environments, register_tables, sql_statements
+from jobs.common import register_tables, run_job, sql_statements
 
 
 def build_pipeline(env, t_env, settings: Settings) -> None:
@@ -73,20 +72,7 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parallelism", type=int, default=None)
-    parser.add_argument("--restore", metavar="PATH", default=None,
-                        help="a checkpoint or savepoint to start from ('latest': the newest"
-                             " retained checkpoint of an earlier run)")
-    args, _ = parser.parse_known_args(argv)
-    settings = load_settings()
-    restore = latest_checkpoint(settings) if args.restore == "latest" else args.restore
-    if restore:
-        print(f"herald-delivery: restoring from {restore}", flush=True)
-    env, t_env = make_environments(settings, "herald-delivery", restore_from=restore,
-                                   parallelism=args.parallelism)
-    build_pipeline(env, t_env, settings)
-    env.execute("herald-delivery")
+    run_job("herald-delivery", build_pipeline, load_settings(), argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ finds this job's newest checkpoint and never the delivery job's.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,7 @@ if __package__ in (None, ""):  # `flink run -py jobs/expansion.py` runs this fil
 from herald.campaigns import CANCEL_CAMPAIGN
 from herald.segments import SEPARATOR
 from herald.settings import Settings, load_settings
-from jobs.common import (checkpoint_dir, latest_checkpoint, make_environments, register_tables,
-                         sql_statements)
+from jobs.common import checkpoint_dir, register_tables, run_job, sql_statements
 
 JOB_NAME = "herald-expansion"
 # Kafka transactions of the promo sink stay open for one checkpoint interval; the broker's
@@ -87,20 +85,7 @@ def build_pipeline(env, t_env, settings: Settings, tables: Tables = Tables()) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parallelism", type=int, default=None)
-    parser.add_argument("--restore", metavar="PATH", default=None,
-                        help="a checkpoint or savepoint to start from ('latest': the newest"
-                             " retained checkpoint of an earlier run of this job)")
-    args, _ = parser.parse_known_args(argv)
-    settings = job_settings(load_settings())
-    restore = latest_checkpoint(settings) if args.restore == "latest" else args.restore
-    if restore:
-        print(f"{JOB_NAME}: restoring from {restore}", flush=True)
-    env, t_env = make_environments(settings, JOB_NAME, restore_from=restore,
-                                   parallelism=args.parallelism)
-    build_pipeline(env, t_env, settings)
-    env.execute(JOB_NAME)
+    run_job(JOB_NAME, build_pipeline, job_settings(load_settings()), argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

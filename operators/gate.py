@@ -19,9 +19,9 @@ from __future__ import annotations
 import time
 
 import orjson
-from pyflink.common import Row, Time, Types
+from pyflink.common import Row, Types
 from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig, ValueStateDescriptor
+from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from herald import states
 from herald.errors import ValidationError
@@ -29,23 +29,13 @@ from herald.gate import Gate
 from herald.models import Status, dead_letter, parse_notification
 from herald.settings import Settings
 from operators.rows import DLQ_TAG, STATUS_TAG, keyed_payload
+from operators.state import ttl_config
 
 ORDER_DIGITS = 16  # hex digits of the release counter in front of each released payload
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _ttl(ms: int) -> StateTtlConfig:
-    # Cleanup strategies named explicitly: PyFlink's default one builds a java Duration
-    # through a py4j gateway that a TaskManager's embedded Python does not have.
-    return (StateTtlConfig.new_builder(Time.milliseconds(ms))
-            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-            .cleanup_incrementally(10, False)
-            .cleanup_full_snapshot()
-            .disable_cleanup_in_background()
-            .build())
 
 
 class GateFunction(KeyedProcessFunction):
@@ -64,7 +54,7 @@ class GateFunction(KeyedProcessFunction):
         self.gate = Gate(gap_timeout_ms=s.gap_timeout_ms, dedup_ttl_ms=s.dedup_ttl_ms)
         users = MapStateDescriptor("users", Types.STRING(), Types.PICKLED_BYTE_ARRAY())
         # An idle user's state goes once nothing of theirs can still be replayed or delivered.
-        users.enable_time_to_live(_ttl(s.dedup_ttl_ms + s.critical_default_ttl_ms))
+        users.enable_time_to_live(ttl_config(s.dedup_ttl_ms + s.critical_default_ttl_ms))
         self.users = runtime_context.get_map_state(users)
         self.deadlines = runtime_context.get_state(
             ValueStateDescriptor("deadlines", Types.PICKLED_BYTE_ARRAY()))

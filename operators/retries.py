@@ -19,9 +19,9 @@ from __future__ import annotations
 import time
 
 import orjson
-from pyflink.common import Row, Time, Types
+from pyflink.common import Row, Types
 from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
-from pyflink.datastream.state import MapStateDescriptor, StateTtlConfig
+from pyflink.datastream.state import MapStateDescriptor
 
 from herald import states
 from herald.errors import ValidationError
@@ -29,6 +29,7 @@ from herald.models import dead_letter, load_object
 from herald.settings import Settings
 from operators.gate import ORDER_DIGITS
 from operators.rows import DLQ_TAG, keyed_payload
+from operators.state import ttl_config
 from udfs.requeue import decode_retry
 
 BUCKET_MS = 50
@@ -36,15 +37,6 @@ BUCKET_MS = 50
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def _ttl(ms: int) -> StateTtlConfig:
-    return (StateTtlConfig.new_builder(Time.milliseconds(ms))
-            .set_update_type(StateTtlConfig.UpdateType.OnCreateAndWrite)
-            .cleanup_incrementally(10, False)
-            .cleanup_full_snapshot()
-            .disable_cleanup_in_background()
-            .build())
 
 
 class RetryWaitFunction(KeyedProcessFunction):
@@ -60,7 +52,7 @@ class RetryWaitFunction(KeyedProcessFunction):
         self.waiting = runtime_context.get_map_state(
             MapStateDescriptor("waiting", Types.LONG(), Types.PICKLED_BYTE_ARRAY()))
         seen = MapStateDescriptor("seen", Types.STRING(), Types.BOOLEAN())
-        seen.enable_time_to_live(_ttl(self.settings.dedup_ttl_ms))
+        seen.enable_time_to_live(ttl_config(self.settings.dedup_ttl_ms))
         self.seen = runtime_context.get_map_state(seen)
 
     def process_element(self, row, ctx: KeyedProcessFunction.Context):

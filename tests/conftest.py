@@ -28,6 +28,18 @@ def stack(base_settings):
                 managed.stop()
 
 
+@pytest.fixture(scope="session")
+def cluster(stack):
+    """A standalone JobManager and TaskManager from PyFlink's distribution, started once for the
+    tests that submit with `flink run -py`; stopped at the end if this session started them."""
+    started = not stack.jobmanager.running()
+    stack.start_flink_cluster()
+    yield stack
+    if started:
+        stack.taskmanager.stop()
+        stack.jobmanager.stop()
+
+
 @pytest.fixture
 def unique() -> str:
     """A short id for this test: prefixes its topics, ids and consumer groups."""

@@ -4,22 +4,10 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-import pytest
 
 from herald.settings import settings_env
 from tests.integration.kafka_io import produce, read_until
 from tests.integration.mock_log import accepted_ids
-
-
-@pytest.fixture(scope="module")
-def cluster(stack):
-    """A JobManager and a TaskManager from PyFlink's distribution; stopped if started here."""
-    started = not stack.jobmanager.running()
-    stack.start_flink_cluster()
-    yield stack
-    if started:
-        stack.taskmanager.stop()
-        stack.jobmanager.stop()
 
 
 def test_flink_run_py_on_the_standalone_cluster_delivers(cluster, test_settings, unique):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-import pytest
 
 from tests.integration.jobs import RunningJob
 from tests.integration.kafka_io import produce, read_until

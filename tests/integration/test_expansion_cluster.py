@@ -3,23 +3,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from herald.segments import SegmentFiles
 from herald.settings import settings_env
 from tests.integration.kafka_io import produce, read_until
 from tests.integration.test_expansion import complete, of, read_committed
-
-
-@pytest.fixture(scope="module")
-def cluster(stack):
-    """A JobManager and a TaskManager from PyFlink's distribution; stopped if started here."""
-    started = not stack.jobmanager.running()
-    stack.start_flink_cluster()
-    yield stack
-    if started:
-        stack.taskmanager.stop()
-        stack.jobmanager.stop()
 
 
 def test_flink_run_py_expands_a_campaign_on_the_standalone_cluster(cluster, test_settings,
