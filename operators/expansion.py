@@ -132,8 +132,13 @@ class ExpandFunction(KeyedCoProcessFunction):
         if path is None or not path.exists():
             raise ValidationError(f"segment {c.audience.segment!r} of tenant {c.tenant_id!r} "
                                   "does not exist", "audience.segment")
-        reader = self._reader(str(path))
-        return AudienceSource(str(path), reader.count, reader.max_id_length)
+        try:
+            reader = self._reader(str(path))
+            return AudienceSource(str(path), reader.count, reader.max_id_length)
+        except (OSError, ValueError) as exc:  # damaged, or not Parquet: the campaign fails
+            raise ValidationError(f"segment {c.audience.segment!r} of tenant {c.tenant_id!r} "
+                                  f"cannot be read ({path.name}): {exc}",
+                                  "audience.segment") from None
 
     def _reader(self, path: str) -> SegmentReader:
         reader = self.readers.pop(path, None) or SegmentReader(path)
