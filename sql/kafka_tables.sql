@@ -21,6 +21,8 @@ CREATE TABLE critical_in (
   'properties.group.id' = '${consumer_group}-critical',
   'scan.startup.mode' = '${startup_mode}',
   'properties.auto.offset.reset' = 'earliest',
+  -- Skip records of aborted transactions (the expansion job writes herald.promo in them).
+  'properties.isolation.level' = 'read_committed',
   'scan.watermark.idle-timeout' = '${watermark_idle_ms} ms',
   'key.format' = 'raw',
   'key.fields' = 'k',
@@ -44,6 +46,8 @@ CREATE TABLE promo_in (
   'properties.group.id' = '${consumer_group}-promo',
   'scan.startup.mode' = '${startup_mode}',
   'properties.auto.offset.reset' = 'earliest',
+  -- Skip records of aborted transactions (the expansion job writes herald.promo in them).
+  'properties.isolation.level' = 'read_committed',
   'scan.watermark.idle-timeout' = '${watermark_idle_ms} ms',
   'key.format' = 'raw',
   'key.fields' = 'k',
@@ -96,6 +100,8 @@ CREATE TABLE retry_critical_in (
   'properties.group.id' = '${consumer_group}-retry-critical',
   'scan.startup.mode' = '${startup_mode}',
   'properties.auto.offset.reset' = 'earliest',
+  -- Skip records of aborted transactions (the expansion job writes herald.promo in them).
+  'properties.isolation.level' = 'read_committed',
   'key.format' = 'raw',
   'key.fields' = 'k',
   'value.format' = 'raw',
@@ -115,6 +121,8 @@ CREATE TABLE retry_promo_in (
   'properties.group.id' = '${consumer_group}-retry-promo',
   'scan.startup.mode' = '${startup_mode}',
   'properties.auto.offset.reset' = 'earliest',
+  -- Skip records of aborted transactions (the expansion job writes herald.promo in them).
+  'properties.isolation.level' = 'read_committed',
   'key.format' = 'raw',
   'key.fields' = 'k',
   'value.format' = 'raw',
@@ -160,6 +168,8 @@ CREATE TABLE control_quota_in (
   'properties.group.id' = '${consumer_group}-control',
   'scan.startup.mode' = '${startup_mode}',
   'properties.auto.offset.reset' = 'earliest',
+  -- Skip records of aborted transactions (the expansion job writes herald.promo in them).
+  'properties.isolation.level' = 'read_committed',
   'key.format' = 'raw',
   'key.fields' = 'k',
   'value.format' = 'raw',
