@@ -41,6 +41,15 @@ def cluster(stack):
 
 
 @pytest.fixture
+def fcm(request):
+    """A mock FCM of the test's own; a parametrized ``request.param`` holds its switches."""
+    from tests.helpers_mocks import MockProcess
+    mock = MockProcess("--provider", "fcm", *getattr(request, "param", ()))
+    yield mock
+    mock.stop()
+
+
+@pytest.fixture
 def unique() -> str:
     """A short id for this test: prefixes its topics, ids and consumer groups."""
     return uuid.uuid4().hex[:10]

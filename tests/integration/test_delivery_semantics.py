@@ -11,30 +11,9 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from tests.helpers_mocks import MockProcess
 from tests.integration.jobs import RunningJob
 from tests.integration.kafka_io import produce, read_until
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def note(unique: str, i, user: str, **extra) -> dict:
-    t = now_ms()
-    record = {"id": f"{unique}-{i}", "tenant_id": "acme", "user_id": user, "priority": "critical",
-              "to": {"push_token": f"tok-{user}", "platform": "android"},
-              "content": {"body": f"message {i}"}, "created_at": t, "expires_at": t + 600_000}
-    record.update(extra)
-    return record
-
-
-@pytest.fixture
-def fcm(request):
-    """A mock FCM of this test's own; ``request.param`` holds its command-line switches."""
-    mock = MockProcess("--provider", "fcm", *getattr(request, "param", ()))
-    yield mock
-    mock.stop()
+from tests.integration.records import note, now_ms
 
 
 @pytest.fixture

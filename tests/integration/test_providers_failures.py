@@ -22,19 +22,7 @@ from herald.settings import PROJECT_ROOT, settings_env
 from tests.helpers_mocks import MockProcess
 from tests.integration.jobs import RunningJob
 from tests.integration.kafka_io import produce, read_until
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def note(unique: str, i, user: str, **extra) -> dict:
-    t = now_ms()
-    record = {"id": f"{unique}-{i}", "tenant_id": "acme", "user_id": user, "priority": "critical",
-              "channels": ["push"], "to": {"push_token": f"tok-{user}", "platform": "android"},
-              "content": {"body": f"message {i}"}, "created_at": t, "expires_at": t + 600_000}
-    record.update(extra)
-    return record
+from tests.integration.records import note
 
 
 @pytest.fixture
