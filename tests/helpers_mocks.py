@@ -75,20 +75,27 @@ class MockProcess:
         self._await_lines(expect, timeout)
 
     def _await_lines(self, expect: int, timeout: float) -> None:
+        """Reads the raw pipe: a buffered readline() could swallow several readiness lines at
+        once and leave select() waiting for bytes that never come."""
         deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        pending = b""
         sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        sel.register(fd, selectors.EVENT_READ)
         try:
             while len(self.ports) < expect:
                 left = deadline - time.monotonic()
                 if left <= 0 or not sel.select(left):
                     raise TimeoutError(f"mock did not report ready: {self.args}")
-                line = self.proc.stdout.readline()
-                if not line:
+                chunk = os.read(fd, 4096)
+                if not chunk:
                     raise RuntimeError(f"mock exited ({self.proc.wait()}): {self.errors()}")
-                if line.startswith("herald-mock ") and " listening on " in line:
-                    name = line.split()[1]
-                    self.ports[name] = int(line.rsplit(":", 1)[1])
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in (raw.decode() for raw in lines):
+                    if line.startswith("herald-mock ") and " listening on " in line:
+                        name = line.split()[1]
+                        self.ports[name] = int(line.rsplit(":", 1)[1])
         finally:
             sel.close()
 
