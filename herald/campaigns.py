@@ -95,6 +95,18 @@ class CancelCampaign:
         return orjson.dumps(self.to_dict())
 
 
+def cancelled_key(tenant: str, campaign_id: str) -> str:
+    """Redis: the campaign was cancelled (value: when the cancel was processed, epoch ms). The
+    delivery path reads it for the campaigns of each batch and drops what is not yet sent."""
+    return f"herald:cancelled:{tenant}:{campaign_id}"
+
+
+def queue_cancelled(pipe, cancel: CancelCampaign, processed_ms: int, ttl_ms: int) -> None:
+    """Add the cancel's Redis record to ``pipe`` (sync or asyncio); a replay keeps the first."""
+    pipe.set(cancelled_key(cancel.tenant_id, cancel.campaign_id), processed_ms, px=ttl_ms,
+             nx=True)
+
+
 def _iso(epoch_ms: int) -> str:
     try:
         return datetime.fromtimestamp(epoch_ms / 1000, tz=timezone.utc).strftime(
@@ -136,6 +148,20 @@ def check_segment_name(value: Any, field: str = "segment") -> str:
     name = _string({field: value}, field)
     if not SEGMENT_NAME.fullmatch(name):
         raise ValidationError(f"'{field}' must be {SEGMENT_NAME_RULE}, got {name!r}", field)
+    return name
+
+
+def check_named_body(obj: Mapping, name: Any, allowed: frozenset[str], what: str) -> str:
+    """A body stored under ``name`` (from the path): the naming rule, no unknown field, and a
+    ``name`` in the body, if any, equal to the path's. Returns the name."""
+    name = check_segment_name(name, "name")
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise ValidationError(f"unknown field(s) {', '.join(map(repr, unknown))} in {what}",
+                              unknown[0])
+    if obj.get("name") is not None and obj["name"] != name:
+        raise ValidationError(f"'name' in the body ({obj['name']!r}) differs from the path "
+                              f"({name!r})", "name")
     return name
 
 

@@ -290,6 +290,12 @@ end
 local rest = n - grant
 if rest <= 0 then return {grant, 0} end
 local want = math.min(rest, cap)
+-- A critical caller with more waiting comes back before the bucket climbs past the promotional
+-- floor (half the reserve at most), so a promotional poller never gets a token meanwhile.
+if critical and partial and reserve > 0 then
+  local lane = math.max(1, math.floor(reserve * p.burst / 2))
+  if want > lane then want = lane end
+end
 local wait = (want - (p.tokens - floor)) * 1000 / p.rate
 if t then
   local wt = (want - t.tokens) * 1000 / t.rate

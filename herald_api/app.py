@@ -19,6 +19,7 @@ from aiohttp import web
 from herald import states
 from herald.campaigns import (CancelCampaign, campaign_from_dict, check_campaign_id,
                               check_segment_name)
+from herald.templates import template_from_dict
 from herald.errors import ValidationError
 from herald.models import notification_from_dict
 from herald.settings import Settings
@@ -29,7 +30,8 @@ from herald_api.openapi import build_openapi
 from herald_api.producer import Producer
 from herald_api.records import (check_notification_types, check_user_id, segment_from_dict,
                                 user_from_dict)
-from herald_api.store import AuditStore, IdempotencyStore, SegmentStore, UserStore
+from herald_api.store import (AuditStore, IdempotencyStore, SegmentStore, TemplateStore,
+                              UserStore)
 
 log = logging.getLogger("herald_api")
 
@@ -47,6 +49,7 @@ IDEM = web.AppKey("idempotency", IdempotencyStore)
 AUDIT = web.AppKey("audit", AuditStore)
 USERS = web.AppKey("users", UserStore)
 SEGMENTS = web.AppKey("segments", SegmentStore)
+TEMPLATES = web.AppKey("templates", TemplateStore)
 
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                405: "method_not_allowed", 409: "conflict", 413: "body_too_large",
@@ -311,7 +314,7 @@ async def delete_campaign(request: web.Request) -> web.Response:
 
     async def enqueue() -> tuple[int, dict]:
         await app[PRODUCER].send("control", settings.topic_control, cancel.kind, cancel.to_json())
-        await app[AUDIT].campaign_cancel_requested(tenant, campaign_id, now)
+        await app[AUDIT].campaign_cancel_requested(cancel, settings.campaign_cancel_retention_ms)
         return 202, {"campaign_id": campaign_id, "cancel_requested_at": now}
 
     if header_key is None:
@@ -385,6 +388,28 @@ async def get_segment(request: web.Request) -> web.Response:
     return json_response({"name": name, "tenant_id": tenant, **info})
 
 
+async def put_template(request: web.Request) -> web.Response:
+    app = request.app
+    tenant = authenticate(request)
+    name = request.match_info["name"]
+    obj = await read_object(request, app[SETTINGS].api_max_body_bytes)
+    check_tenant(obj, tenant)
+    template = validated(lambda: template_from_dict(obj, name))
+    now = app[CLOCK]()
+    await app[TEMPLATES].put(tenant, template, now)
+    return json_response({**template.source, "tenant_id": tenant, "updated_at": now})
+
+
+async def get_template(request: web.Request) -> web.Response:
+    tenant = authenticate(request)
+    name = request.match_info["name"]
+    validated(lambda: check_segment_name(name, "name"))  # the same naming rule
+    found = await request.app[TEMPLATES].get(tenant, name)
+    if found is None:
+        raise ApiError(404, "not_found", f"no template {name!r} for this tenant", "name")
+    return json_response({**found, "tenant_id": tenant})
+
+
 async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -424,6 +449,7 @@ def create_app(settings: Settings, *, redis=None, producer: Producer | None = No
         app[AUDIT] = AuditStore(app[REDIS], settings.audit_retention_s)
         app[USERS] = UserStore(app[REDIS])
         app[SEGMENTS] = SegmentStore(app[REDIS])
+        app[TEMPLATES] = TemplateStore(app[REDIS])
         app[PRODUCER] = producer or Producer(settings, app[METRICS])
         if producer is None:
             await app[PRODUCER].start()
@@ -445,6 +471,8 @@ def create_app(settings: Settings, *, redis=None, producer: Producer | None = No
     app.router.add_get("/v1/users/{user_id}", get_user)
     app.router.add_put("/v1/segments/{name}", put_segment)
     app.router.add_get("/v1/segments/{name}", get_segment)
+    app.router.add_put("/v1/templates/{name}", put_template)
+    app.router.add_get("/v1/templates/{name}", get_template)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)

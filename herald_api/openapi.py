@@ -15,6 +15,9 @@ EPOCH_MS = {"type": "integer", "minimum": 100_000_000_000, "maximum": 9_999_999_
             "description": "epoch milliseconds"}
 CHANNELS = {"type": "array", "minItems": 1, "uniqueItems": True,
             "items": {"type": "string", "enum": ["push", "sms", "email"]}}
+CLOCK = "^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$"
+TEMPLATE_TEXT = {"type": "string", "minLength": 1,
+                 "description": "text with {{name}} fields; \\{{ writes a literal {{"}
 STATES = ["accepted", "delivered", "retrying", "fallback", "expired", "duplicate", "cancelled",
           "opted_out", "failed"]
 
@@ -152,8 +155,8 @@ SCHEMAS: dict[str, Any] = {
             "cancel_requested_at": {"type": "integer"}, "audience": {"type": "object"}}},
     "QuietHours": {
         "type": "object", "required": ["start", "end", "tz"],
-        "properties": {"start": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},
-                       "end": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},
+        "properties": {"start": {"type": "string", "pattern": CLOCK},
+                       "end": {"type": "string", "pattern": CLOCK},
                        "tz": {"type": "string", "description": "IANA time zone",
                               "examples": ["Europe/Berlin"]}}},
     "User": {
@@ -169,6 +172,23 @@ SCHEMAS: dict[str, Any] = {
                        "contacts": _ref("Contacts"), "locale": {"type": "string"},
                        "opt_outs": {"type": "array", "items": {"type": "string"}},
                        "quiet_hours": _ref("QuietHours"), "updated_at": {"type": "integer"}}},
+    "Template": {
+        "type": "object", "required": ["default_locale", "locales"], "additionalProperties": False,
+        "properties": {
+            "tenant_id": ID, "name": {"type": "string"},
+            "default_locale": {"type": "string", "description": "one of the keys of 'locales'"},
+            "locales": {"type": "object", "minProperties": 1, "maxProperties": 64,
+                        "description": "locale ('en', 'pt-BR') → its variant",
+                        "additionalProperties": {
+                            "type": "object", "required": ["body"], "additionalProperties": False,
+                            "properties": {"title": TEMPLATE_TEXT | {"maxLength": 1024},
+                                           "body": TEMPLATE_TEXT | {"maxLength": 65536}}}}}},
+    "TemplateStored": {
+        "type": "object", "required": ["name", "tenant_id", "default_locale", "locales",
+                                       "updated_at"],
+        "properties": {"name": {"type": "string"}, "tenant_id": {"type": "string"},
+                       "default_locale": {"type": "string"}, "locales": {"type": "object"},
+                       "updated_at": {"type": "integer"}}},
     "Segment": {
         "type": "object", "required": ["user_ids"], "additionalProperties": False,
         "properties": {"tenant_id": ID, "name": {"type": "string"},
@@ -186,6 +206,9 @@ CAMPAIGN_ID = _path("campaign_id", {"type": "string", "minLength": 1, "maxLength
 USER_ID = _path("user_id", ID, "the user id")
 SEGMENT = _path("name", {"type": "string", "pattern": f"^{SEGMENT_NAME.pattern}$"},
                 "the segment name")
+
+TEMPLATE = _path("name", {"type": "string", "pattern": f"^{SEGMENT_NAME.pattern}$"},
+                 "the template name")
 
 
 def build_openapi(settings: Settings) -> dict:
@@ -252,6 +275,16 @@ def build_openapi(settings: Settings) -> dict:
                 "get": {"operationId": "getSegment", "summary": "A segment's size",
                         "parameters": [SEGMENT],
                         "responses": {"200": _json(_ref("SegmentStored"), "Stored segment"),
+                                      **read_errors}}},
+            "/v1/templates/{name}": {
+                "put": {"operationId": "putTemplate",
+                        "summary": "Upsert (replace) a content template",
+                        "parameters": [TEMPLATE], "requestBody": _body(_ref("Template")),
+                        "responses": {"200": _json(_ref("TemplateStored"), "Stored"),
+                                      **_errors(400, 401, 403, 413, 415, 422, 503)}},
+                "get": {"operationId": "getTemplate", "summary": "A stored template",
+                        "parameters": [TEMPLATE],
+                        "responses": {"200": _json(_ref("TemplateStored"), "Stored template"),
                                       **read_errors}}},
             "/healthz": {"get": {
                 "operationId": "healthz", "summary": "Liveness", "security": [],

@@ -3,9 +3,8 @@ move to Parquet) without touching the handlers.
 
 Key layout (``{tenant}`` is a configured tenant name: no ``:`` in it):
 
-- ``herald:user:{tenant}:{user_id}`` (hash): the flat user record (``UserRecord.to_hash``:
-  ``user_id``, ``push_token``, ``platform``, ``phone``, ``email``, ``locale``, ``opt_outs``
-  comma-joined, ``quiet_start``, ``quiet_end``, ``quiet_tz``) and ``updated_at``.
+- ``herald:user:{tenant}:{user_id}`` (hash): the flat user record; the layout is
+  ``herald.users``'s, shared with the CLI and the delivery path.
 - ``herald:segment:{tenant}:{name}`` (list): the segment's user ids, in the order given;
   ``herald:segment:{tenant}:{name}:meta`` (hash): ``count``, ``updated_at``. The same ids are
   also written as a Parquet version (``herald.segments``): that file is what the expansion
@@ -18,6 +17,9 @@ Key layout (``{tenant}`` is a configured tenant name: no ``:`` in it):
   ``counted:{state}`` and ``counted:*`` markers so campaign counts move once per (id, state).
 - ``herald:audit:{tenant}:{id}:attempts`` (hash): one field per distinct Status event,
   ``{at}|{attempt}|{state}|{channel}|{provider}``, whose value is the event's JSON.
+- ``herald:template:{tenant}:{name}`` (string): a template's JSON (``herald.templates``).
+- ``herald:cancelled:{tenant}:{campaign_id}`` (string): the campaign is cancelled, for the
+  delivery path (``herald.campaigns.cancelled_key``); written on ``DELETE``.
 - ``herald:campaign:{tenant}:{campaign_id}`` (hash): what the API accepted: ``accepted_at``,
   ``created_at``, ``expires_at``, ``send_at``, ``audience``, ``cancel_requested_at``.
 - ``herald:campaign:{tenant}:{campaign_id}:counts`` (hash): per state, the distinct recipients
@@ -37,10 +39,11 @@ from typing import Any, Iterable, Sequence
 import orjson
 
 from herald import states
-from herald.campaigns import Campaign
+from herald.campaigns import Campaign, CancelCampaign, queue_cancelled
 from herald.models import Notification
 from herald.segments import SegmentFiles
-from herald_api.records import UserRecord
+from herald.templates import Template, template_json, template_key
+from herald.users import UserRecord, queue_put, user_key  # noqa: F401 (user_key: re-exported)
 
 PREFIX = "herald"
 PENDING = "pending:"
@@ -56,10 +59,6 @@ PROGRESS = {"expanded": "recipients", "sent": states.DELIVERED, "expired": state
 
 
 # ---------------------------------------------------------------- keys
-
-def user_key(tenant: str, user_id: str) -> str:
-    return f"{PREFIX}:user:{tenant}:{user_id}"
-
 
 def segment_key(tenant: str, name: str) -> str:
     return f"{PREFIX}:segment:{tenant}:{name}"
@@ -187,10 +186,8 @@ class UserStore:
         self.redis = redis
 
     async def put(self, tenant: str, user: UserRecord, now_ms: int) -> None:
-        key = user_key(tenant, user.user_id)
         async with self.redis.pipeline(transaction=True) as pipe:  # replace, never merge
-            pipe.delete(key)
-            pipe.hset(key, mapping={**user.to_hash(), "updated_at": str(now_ms)})
+            queue_put(pipe, tenant, user, now_ms)
             await pipe.execute()
 
     async def get(self, tenant: str, user_id: str) -> tuple[UserRecord, int] | None:
@@ -198,6 +195,22 @@ class UserStore:
         if not raw:
             return None
         return UserRecord.from_hash(raw), int(raw.get("updated_at", 0))
+
+
+# ---------------------------------------------------------------- templates
+
+class TemplateStore:
+    """Templates as one JSON string each (``herald.templates``): the call stage MGETs them."""
+
+    def __init__(self, redis):
+        self.redis = redis
+
+    async def put(self, tenant: str, template: Template, now_ms: int) -> None:
+        await self.redis.set(template_key(tenant, template.name), template_json(template, now_ms))
+
+    async def get(self, tenant: str, name: str) -> dict | None:
+        raw = await self.redis.get(template_key(tenant, name))
+        return orjson.loads(raw) if raw is not None else None
 
 
 # ---------------------------------------------------------------- segments
@@ -350,10 +363,13 @@ class AuditStore:
             pipe.expire(key, self._campaign_ttl(c.expires_at, now_ms))
             await pipe.execute()
 
-    async def campaign_cancel_requested(self, tenant: str, campaign_id: str, now_ms: int) -> None:
-        key = campaign_key(tenant, campaign_id)
+    async def campaign_cancel_requested(self, cancel: CancelCampaign, cancel_ttl_ms: int) -> None:
+        """Note the request, and put the cancel in force for the delivery path at once (the
+        ``herald:cancelled`` record the call stage checks per batch)."""
+        key = campaign_key(cancel.tenant_id, cancel.campaign_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(key, "cancel_requested_at", now_ms)
+            queue_cancelled(pipe, cancel, cancel.at, cancel_ttl_ms)
+            pipe.hsetnx(key, "cancel_requested_at", cancel.at)
             pipe.expire(key, self.retention_s, gt=True)
             pipe.expire(key, self.retention_s, nx=True)
             await pipe.execute()

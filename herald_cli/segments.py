@@ -72,7 +72,7 @@ def load_segment(settings: Settings, tenant: str, name: str, path: str | Path, *
 @dataclass
 class UserLoad:
     """What a users file held: valid records and the rows refused, with their reasons."""
-    users: list = field(default_factory=list)           # herald_api.records.UserRecord
+    users: list = field(default_factory=list)           # herald.users.UserRecord
     errors: list[str] = field(default_factory=list)
     rows: int = 0
 
@@ -92,7 +92,7 @@ def user_document(row: dict) -> dict:
 
 
 def read_users(path: str | Path) -> UserLoad:
-    from herald_api.records import user_from_dict
+    from herald.users import user_from_dict
     table = read_input(path)
     if "user_id" not in table.column_names:
         raise ValidationError(f"{path}: no 'user_id' column (columns: "
@@ -119,16 +119,14 @@ def read_users(path: str | Path) -> UserLoad:
 
 def write_users(client, tenant: str, users: Iterable, now: int) -> int:
     """Replace each user's hash (never merge), ``USER_WRITE_BATCH`` users per round trip."""
-    from herald_api.store import user_key
+    from herald.users import queue_put
     batch, written = [], 0
 
     def flush() -> None:
         nonlocal written
         with client.pipeline(transaction=True) as pipe:
             for user in batch:
-                key = user_key(tenant, user.user_id)
-                pipe.delete(key)
-                pipe.hset(key, mapping={**user.to_hash(), "updated_at": str(now)})
+                queue_put(pipe, tenant, user, now)
             pipe.execute()
         written += len(batch)
         batch.clear()

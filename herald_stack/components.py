@@ -199,15 +199,28 @@ class Stack:
     def flink_cli(self) -> list[str]:
         return ["bash", str(PYFLINK_HOME / "bin" / "flink")]
 
-    def submit(self, job_file: str, env: dict[str, str] | None = None) -> str:
-        """`flink run -d -py JOB` against the standalone cluster; returns the job id."""
+    def submit(self, job_file: str, env: dict[str, str] | None = None,
+               savepoint: str | None = None) -> str:
+        """`flink run -d [-s SAVEPOINT] -py JOB` against the standalone cluster; the job id."""
+        restore = ["-s", savepoint] if savepoint else []
         done = subprocess.run([*self.flink_cli(), "run", "-m", self.flink_address(), "-d",
-                               "-py", job_file],
+                               *restore, "-py", job_file],
                               env={**self.flink_env(), **(env or {})}, cwd=PROJECT_ROOT,
                               capture_output=True, text=True, timeout=300)
         found = re.search(r"JobID ([0-9a-f]{32})", done.stdout)
         if done.returncode != 0 or not found:
             raise StackError(f"flink run -py {job_file} failed ({done.returncode}):\n"
+                             f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return found.group(1)
+
+    def stop_with_savepoint(self, job_id: str, directory: str) -> str:
+        """`flink stop --savepointPath DIR JOB`: a savepoint, then the job ends; its path."""
+        done = subprocess.run([*self.flink_cli(), "stop", "-m", self.flink_address(),
+                               "--savepointPath", directory, job_id],
+                              env=self.flink_env(), capture_output=True, text=True, timeout=300)
+        found = re.search(r"Savepoint completed\. Path: (\S+)", done.stdout)
+        if done.returncode != 0 or not found:
+            raise StackError(f"flink stop {job_id} failed ({done.returncode}):\n"
                              f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
         return found.group(1)
 
@@ -230,8 +243,8 @@ class Stack:
 
     def down(self) -> list[str]:
         stopped = []
-        job = Managed("delivery-job", self.run_dir)
-        for m in (job, self.taskmanager, self.jobmanager, self.mocks, self.kafka, self.redis):
+        jobs = [Managed(name, self.run_dir) for name in ("delivery-job", "expansion-job")]
+        for m in (*jobs, self.taskmanager, self.jobmanager, self.mocks, self.kafka, self.redis):
             if m.stop():
                 stopped.append(m.name)
         return stopped

@@ -1,24 +1,38 @@
-"""`make demo`: the whole stack on this machine, a few notifications through it, and a report.
+"""`make demo`: the whole stack on this machine, a critical burst and a small campaign through it,
+and a report.
 
-Starts Kafka, Redis and the provider mocks, runs the delivery job on the embedded MiniCluster
-(its dashboard on the REST port), sends a handful of critical notifications including a
-malformed one and an already expired one, and prints what happened to each. The stack keeps
-running afterwards; `make stack-down` stops everything the project started.
+Starts Kafka, Redis and the provider mocks, runs the delivery job and the campaign expansion job
+on embedded MiniClusters (dashboards on their REST ports, Prometheus on the first free port of
+9249-9260), sends a handful of critical notifications (one repeated, one already expired, one
+malformed), loads a 2,000-user segment and its users the way the CLI does, sends one campaign
+to it, follows both with progress, and ends with a table of outcomes per class and channel.
+The stack keeps running afterwards; `make stack-down` stops everything the project started.
 """
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
+from pathlib import Path
 
 import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
+from herald import states
 from herald.settings import PROJECT_ROOT, load_settings, settings_env
 from herald_stack.components import Stack
 from herald_stack.processes import Managed, StackError, port_open, wait_until
+
+TENANT = "demo"
+SEGMENT_USERS = 2_000
+PROMETHEUS_PORTS = "9249-9260"
+FINAL = (states.DELIVERED, states.EXPIRED, states.DUPLICATE, states.FAILED, states.CANCELLED,
+         states.OPTED_OUT)
+COLUMNS = (states.DELIVERED, states.EXPIRED, states.DUPLICATE, states.FAILED)
 
 
 def step(text: str) -> None:
@@ -33,13 +47,14 @@ def demo_notifications(run: str) -> list[tuple[str | None, bytes]]:
                                        ("New message", "Ana: are we still on for 7?"),
                                        ("Your code", "120044 is your Herald code"),
                                        ("Payment", "Card ending 4242 charged 12.00 EUR")]):
-        n = {"id": f"demo-{run}-{i}", "tenant_id": "demo", "user_id": f"user-{i % 3}",
+        n = {"id": f"demo-{run}-{i}", "tenant_id": TENANT, "user_id": f"user-{i % 3}",
              "priority": "critical", "channels": ["push"],
              "to": {"push_token": f"device-token-{i % 3}", "platform": "android"},
              "content": {"title": title, "body": body}, "created_at": now,
              "expires_at": now + 120_000}
         out.append((n["user_id"], orjson.dumps(n)))
-    expired = {"id": f"demo-{run}-expired", "tenant_id": "demo", "user_id": "user-0",
+    out.append(out[0])  # the same id again: a duplicate, sent once
+    expired = {"id": f"demo-{run}-expired", "tenant_id": TENANT, "user_id": "user-0",
                "priority": "critical", "to": {"push_token": "device-token-0", "platform": "android"},
                "content": {"body": "this one expired on the way"}, "created_at": now - 60_000,
                "expires_at": now - 1_000}
@@ -48,74 +63,163 @@ def demo_notifications(run: str) -> list[tuple[str | None, bytes]]:
     return out
 
 
+def start_job(stack: Stack, name: str, module: str, port: int, settings) -> None:
+    job = Managed(name, stack.run_dir)
+    if job.running():
+        return
+    if port_open("127.0.0.1", port):
+        raise StackError(f"port {port} is taken (a standalone cluster? `make stack-down` stops"
+                         f" it), the {name}'s dashboard needs it")
+    proc = job.start([sys.executable, "-m", module], cwd=PROJECT_ROOT,
+                     env={**os.environ, **settings_env(settings)})
+    wait_until(lambda: _dashboard_up(port), f"{name} dashboard", 180, proc, job.log)
+
+
+def load_audience(settings, run: str) -> str:
+    """A segment of SEGMENT_USERS users and their contacts, loaded by the CLI's own functions."""
+    from herald_cli.segments import load_segment, load_users
+    name = f"demo-{run}"
+    with tempfile.TemporaryDirectory() as tmp:
+        users = Path(tmp) / "users.csv"
+        lines = ["user_id,push_token,platform,email"]
+        for i in range(SEGMENT_USERS):  # half reachable by push, half by email only
+            token, platform = (f"tok-{run}-{i}", "android") if i % 2 == 0 else ("", "")
+            lines.append(f"cu-{run}-{i},{token},{platform},cu{i}@example.com")
+        users.write_text("\n".join(lines) + "\n")
+        segment = Path(tmp) / "segment.csv"
+        segment.write_text("user_id\n" + "".join(f"cu-{run}-{i}\n" for i in range(SEGMENT_USERS)))
+        print(f"    {load_users(settings, TENANT, users)}")
+        print(f"    {load_segment(settings, TENANT, name, segment)}")
+    return name
+
+
 def main() -> int:
     settings = load_settings()
+    if not settings.flink_prometheus_port:
+        settings = settings.replace(flink_prometheus_port=PROMETHEUS_PORTS)
     stack = Stack(settings)
+    started = time.monotonic()
     try:
         step("installing what is missing and starting Kafka, Redis and the provider mocks")
         stack.up()
         step(f"Kafka {settings.kafka_bootstrap}, Redis {settings.redis_host}:{settings.redis_port},"
              f" mock FCM {settings.fcm_url}")
-        job = Managed("delivery-job", stack.run_dir)
-        if not job.running():
-            if port_open("127.0.0.1", settings.flink_rest_port):
-                raise StackError(f"port {settings.flink_rest_port} is taken (a standalone cluster?"
-                                 " `make stack-down` stops it), the demo's dashboard needs it")
-            step("starting the delivery job on the embedded Flink MiniCluster")
-            proc = job.start([sys.executable, "-m", "jobs.delivery"], cwd=PROJECT_ROOT,
-                             env={**os.environ, **settings_env(settings)})
-            wait_until(lambda: _dashboard_up(settings.flink_rest_port), "flink dashboard", 120,
-                       proc, job.log)
-        step(f"Flink dashboard: http://localhost:{settings.flink_rest_port}"
-             " (job 'herald-delivery': backpressure and busy time per operator)")
+        step("starting the delivery and expansion jobs on embedded Flink MiniClusters")
+        start_job(stack, "delivery-job", "jobs.delivery", settings.flink_rest_port, settings)
+        start_job(stack, "expansion-job", "jobs.expansion", settings.expansion_rest_port, settings)
     except StackError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
 
     run = uuid.uuid4().hex[:6]
+    consumer = KafkaConsumer(settings.topic_status, settings.topic_dlq, settings.topic_promo,
+                             bootstrap_servers=settings.kafka_bootstrap,
+                             auto_offset_reset="latest", group_id=None,
+                             isolation_level="read_committed")
+    consumer.poll(timeout_ms=1000)  # joined at the end of each topic: only this run is read
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+
     records = demo_notifications(run)
     step(f"sending {len(records)} notifications to {settings.topic_critical} "
-         "(5 good, 1 already expired, 1 malformed)")
-    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+         "(5 good, 1 repeated, 1 already expired, 1 malformed)")
     for key, value in records:
         producer.send(settings.topic_critical, key=key.encode(), value=value)
     producer.flush()
 
-    consumer = KafkaConsumer(settings.topic_status, settings.topic_dlq,
-                             bootstrap_servers=settings.kafka_bootstrap,
-                             auto_offset_reset="earliest", group_id=None)
-    seen_status: dict[str, dict] = {}
-    dead: list[dict] = []
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and (len(seen_status) < 6 or not dead):
+    step(f"loading a {SEGMENT_USERS:,}-user segment and its users (herald_cli segments/users load)")
+    segment = load_audience(settings, run)
+    campaign_id = f"demo-{run}-sale"
+    now = int(time.time() * 1000)
+    campaign = {"campaign_id": campaign_id, "tenant_id": TENANT, "audience": {"segment": segment},
+                "channels": ["push", "email"],
+                "content": {"title": "Spring sale", "body": "20% off everything today"},
+                "created_at": now, "expires_at": now + 600_000}
+    step(f"campaign {campaign_id} to {settings.topic_campaigns}")
+    producer.send(settings.topic_campaigns, key=campaign_id.encode(), value=orjson.dumps(campaign))
+    producer.flush()
+    producer.close()
+
+    final: dict[str, dict] = {}  # id → its last final status event
+    expanded, dead, critical_ids = 0, [], {f"demo-{run}-{i}" for i in range(5)} | {f"demo-{run}-expired"}
+    last_print = 0.0
+    deadline = time.monotonic() + 150
+
+    def campaign_done() -> int:
+        return sum(1 for i in final if i.startswith(campaign_id + ":"))
+
+    while time.monotonic() < deadline:
         for batch in consumer.poll(timeout_ms=500).values():
             for message in batch:
                 value = orjson.loads(message.value)
-                if message.topic == settings.topic_dlq:
-                    if f"demo-{run}-bad" == (message.key or b"").decode():
+                if message.topic == settings.topic_promo:
+                    expanded += value.get("campaign_id") == campaign_id
+                elif message.topic == settings.topic_dlq:
+                    if (message.key or b"").decode().startswith(f"demo-{run}-"):
                         dead.append(value)
-                        print(f"    dead-lettered: {value['reason']}", flush=True)
-                elif value["id"].startswith(f"demo-{run}-"):
-                    seen_status[value["id"]] = value
-                    latency = value.get("latency_ms")
-                    print(f"    {value['id']:>22}  {value['state']:<10} {value.get('provider', '-'):<5}"
-                          f" {'' if latency is None else f'{latency} ms'}", flush=True)
+                elif value.get("id", "").startswith(f"demo-{run}-") and value["state"] in FINAL:
+                    if value["id"] in critical_ids and value["state"] != states.DUPLICATE:
+                        latency = value.get("latency_ms")
+                        print(f"    {value['id']:>22}  {value['state']:<10} "
+                              f"{value.get('provider') or '-':<5}"
+                              f" {'' if latency is None else f'{latency} ms'}", flush=True)
+                    key = value["id"] + ("#dup" if value["state"] == states.DUPLICATE else "")
+                    final[key] = value
+        if time.monotonic() - last_print >= 2:
+            last_print = time.monotonic()
+            print(f"    campaign: {expanded:,}/{SEGMENT_USERS:,} expanded onto "
+                  f"{settings.topic_promo}, {campaign_done():,} with a final status", flush=True)
+        critical_done = len([i for i in final if not i.startswith(campaign_id)]) >= 7
+        if critical_done and dead and campaign_done() >= SEGMENT_USERS:
+            break
     consumer.close()
+    print(f"    campaign: {expanded:,}/{SEGMENT_USERS:,} expanded, {campaign_done():,} with a "
+          f"final status", flush=True)
 
-    counts = Counter(s["state"] for s in seen_status.values())
-    print("\nsummary")
-    print(f"  {'state':<12}{'critical/push':>14}")
-    for state in ("delivered", "expired", "failed"):
-        print(f"  {state:<12}{counts.get(state, 0):>14}")
-    print(f"  {'dead-letter':<12}{len(dead):>14}")
-    print(f"\nThe stack and the job keep running; Flink dashboard http://localhost:"
-          f"{settings.flink_rest_port}. Stop everything with `make stack-down`.")
-    complete = counts.get("delivered") == 5 and counts.get("expired") == 1 and len(dead) == 1
+    table: Counter = Counter()
+    for value in final.values():
+        table[(value["priority"], value.get("channel") or "-", value["state"])] += 1
+    print("\nsummary (each notification's final status)")
+    print(f"  {'class':<12}{'channel':<9}" + "".join(f"{c:>11}" for c in COLUMNS))
+    for priority, channel in sorted({(p, ch) for p, ch, _ in table}):
+        print(f"  {priority:<12}{channel:<9}"
+              + "".join(f"{table[(priority, channel, c)]:>11,}" for c in COLUMNS))
+    print(f"  dead letters: {len(dead)} ({', '.join(sorted({d['stage'] for d in dead}))})")
+    missing = Counter(d["reason"].split(";")[-1].strip()[:60] for d in dead
+                      if d.get("stage") == states.STAGE_DELIVERY)
+    for reason, n in missing.most_common(3):
+        print(f"    {n:>5} × {reason}")
+    if any("missing_contact" in reason for reason in missing):
+        print("  (a campaign's notifications carry no contacts: until the delivery job looks "
+              "them up in the user records, they fail with missing_contact)")
+    prometheus = _prometheus_port()
+    print(f"\nFlink dashboards: delivery http://localhost:{settings.flink_rest_port}, expansion "
+          f"http://localhost:{settings.expansion_rest_port} (backpressure, busy time, and "
+          f"Herald's metrics under each operator's Metrics tab)")
+    if prometheus:
+        print(f"Prometheus: http://localhost:{prometheus}/metrics "
+              f"(flink_taskmanager_job_task_operator_priority_herald_*)")
+    print(f"The stack and the jobs keep running ({time.monotonic() - started:.0f} s for this demo)."
+          " Stop everything with `make stack-down`.")
+    states_seen = Counter(v["state"] for k, v in final.items() if not k.startswith(campaign_id))
+    complete = (states_seen.get("delivered") == 5 and states_seen.get("expired") == 1
+                and states_seen.get("duplicate") == 1 and campaign_done() == SEGMENT_USERS)
     return 0 if complete else 1
 
 
+def _prometheus_port() -> int | None:
+    """The first port of the range whose /metrics carries Herald's metrics."""
+    first, last = (int(p) for p in PROMETHEUS_PORTS.split("-"))
+    for port in range(first, last + 1):
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                if b"herald_sends" in r.read():
+                    return port
+        except OSError:
+            continue
+    return None
+
+
 def _dashboard_up(port: int) -> bool:
-    import urllib.request
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/jobs/overview", timeout=2) as r:
             return any(j["state"] == "RUNNING" for j in orjson.loads(r.read())["jobs"])

@@ -9,6 +9,8 @@ from pathlib import Path
 from herald.settings import PROJECT_ROOT, Settings
 
 SQL_DIR = PROJECT_ROOT / "sql"
+# A plugin: PyFlink ships it in pyflink/plugins/metrics-prometheus, the Flink image in plugins/.
+PROMETHEUS_REPORTER = "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
 
 
 def python_env_ready() -> None:
@@ -16,6 +18,19 @@ def python_env_ready() -> None:
     bin_dir = str(Path(sys.executable).parent)
     if not os.environ.get("PATH", "").startswith(bin_dir + os.pathsep):
         os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+def prometheus_on_classpath() -> None:
+    """The embedded MiniCluster has no plugin manager: it finds reporters on its JVM's classpath
+    only. PyFlink's gateway launcher appends HADOOP_CLASSPATH to that classpath, so the
+    Prometheus plugin jar PyFlink ships goes there (before the gateway starts)."""
+    import pyflink
+    jars = [str(p) for p in (Path(pyflink.__file__).parent / "plugins" / "metrics-prometheus")
+            .glob("flink-metrics-prometheus-*.jar")]
+    present = os.environ.get("HADOOP_CLASSPATH", "")
+    missing = [j for j in jars if j not in present.split(os.pathsep)]
+    if missing:
+        os.environ["HADOOP_CLASSPATH"] = os.pathsep.join(filter(None, [present, *missing]))
 
 
 def connector_jars(settings: Settings) -> list[str]:
@@ -41,6 +56,8 @@ def make_environments(settings: Settings, job_name: str, *, restore_from: str | 
     set here override the cluster's flink-conf for this job only.
     """
     python_env_ready()
+    if settings.flink_prometheus_port:
+        prometheus_on_classpath()
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
@@ -62,15 +79,29 @@ def make_environments(settings: Settings, job_name: str, *, restore_from: str | 
     if restore_from:
         conf.set_string("execution.state-recovery.path", restore_from)
     conf.set_string("execution.buffer-timeout", "5 ms")
+    if settings.flink_buffer_debloat_target_ms:
+        # The windows emit one small row per partition every few ms; with full-size network
+        # buffers hundreds of them queue in front of a gate that needs a provider round trip
+        # per batch (seconds of latency at a few hundred notifications/s). Debloated buffers
+        # hold ≈ this much time of data, so backpressure reaches the window at once and its
+        # batches grow instead (bench/results/isolation.md).
+        conf.set_string("taskmanager.network.memory.buffer-debloat.enabled", "true")
+        conf.set_string("taskmanager.network.memory.buffer-debloat.target",
+                        f"{settings.flink_buffer_debloat_target_ms} ms")
     conf.set_string("rest.bind-port", str(settings.flink_rest_port))
     # The embedded MiniCluster: a slot per slot sharing group (sources, critical, promotional).
     conf.set_string("taskmanager.numberOfTaskSlots", "8")
+    if settings.flink_prometheus_port:  # reporters are per cluster: only the embedded one's
+        conf.set_string("metrics.reporters", "prom")
+        conf.set_string("metrics.reporter.prom.factory.class", PROMETHEUS_REPORTER)
+        conf.set_string("metrics.reporter.prom.port", settings.flink_prometheus_port)
     conf.set_string("table.exec.source.idle-timeout", f"{settings.flink_watermark_idle_ms} ms")
     # Python bundles: small, so a critical record never waits for a bundle to fill.
     conf.set_string("python.fn-execution.bundle.size", "1000")
     conf.set_string("python.fn-execution.bundle.time", "5")
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(parallelism or settings.flink_parallelism)
+    env.set_max_parallelism(settings.flink_max_parallelism)
     t_env = StreamTableEnvironment.create(env)
     return env, t_env
 

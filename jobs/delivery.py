@@ -2,6 +2,12 @@
 
 Run embedded:   python -m jobs.delivery
 On a cluster:   flink run -py jobs/delivery.py   (the connector jar from .stack/flink-jars)
+
+One job per class (`HERALD_DELIVERY_CLASSES=critical`, `...=promotional`): on one machine each
+class then has its own JVM and Python interpreter, and the promotional one runs niced as a
+whole, so a campaign's backlog takes neither the GIL nor the cores from critical delivery.
+Both in one job share one interpreter: separate slot sharing groups are separate threads, not
+separate processes (bench/results/isolation.md measures both).
 """
 from __future__ import annotations
 
@@ -13,66 +19,112 @@ if __package__ in (None, ""):  # `flink run -py jobs/delivery.py` runs this file
 
 from herald import states
 from herald.settings import Settings, load_settings
-from jobs.common import register_tables, run_job, sql_statements
+from jobs.common import checkpoint_dir, register_tables, run_job, sql_statements
+
+CLASSES = (states.CRITICAL, states.PROMOTIONAL)
+
+
+def job_classes(settings: Settings) -> tuple[str, ...]:
+    """The classes this job delivers (`delivery_classes`), in a fixed order."""
+    wanted = {c.strip() for c in settings.delivery_classes.split(",") if c.strip()}
+    unknown = sorted(wanted - set(CLASSES))
+    if unknown or not wanted:
+        raise ValueError(f"delivery_classes must name {' and/or '.join(CLASSES)}, "
+                         f"not {settings.delivery_classes!r}")
+    return tuple(c for c in CLASSES if c in wanted)
+
+
+def job_settings(settings: Settings) -> tuple[str, Settings]:
+    """This job's name and view of the settings. A job for one class of two keeps its own
+    checkpoints (`--restore latest` must never pick the other class's job)."""
+    classes = job_classes(settings)
+    if classes == CLASSES:
+        return "herald-delivery", settings
+    name = f"herald-delivery-{classes[0]}"
+    own = settings.replace(flink_checkpoint_dir=str(checkpoint_dir(settings) / name))
+    if classes == (states.PROMOTIONAL,):
+        own = own.replace(flink_rest_port=settings.promo_job_rest_port)
+    return name, own
 
 
 def build_pipeline(env, t_env, settings: Settings) -> None:
     """Wire both classes; sources and sinks are the tables in sql/kafka_tables.sql."""
     from pyflink.common import Types
-    from operators.calls import RETRY_TAG, CallBatchFunction
-    from operators.control import ApplyQuotaFunction
+    from operators.calls import CallBatchFunction
+    from operators.control import KINDS as CONTROL_KINDS
+    from operators.control import ApplyControlFunction
     from operators.gate import GateFunction
+    from operators.lanes import lane_keys
     from operators.retries import RetryWaitFunction
-    from operators.rows import DLQ_TAG, KEYED_PAYLOAD, RELEASED, STATUS_TAG
+    from operators.rows import DLQ_TAG, KEYED_PAYLOAD, RELEASED, RETRY_TAG, STATUS_TAG
 
     register_tables(t_env, "kafka_tables.sql", settings)
+    wanted = job_classes(settings)
+    lanes = settings.gate_lanes or env.get_parallelism()
+    keys = lane_keys(lanes, settings.flink_max_parallelism)  # lane → its own subtask's key
     statements = t_env.create_statement_set()
-    classes = (("critical_in", "retry_critical", states.CRITICAL, settings.critical_batch_window_ms),
-               ("promo_in", "retry_promo", states.PROMOTIONAL, settings.promo_batch_window_ms))
+    classes = [c for c in (
+        ("critical_in", "retry_critical", states.CRITICAL, settings.critical_batch_window_ms),
+        ("promo_in", "retry_promo", states.PROMOTIONAL, settings.promo_batch_window_ms))
+        if c[2] in wanted]
     # One chain per class, each in its own slot sharing group: a campaign's backlog backs up
     # its own chain and never the critical one.
     for table, retry, priority, window_ms in classes:
         window_s = f"{window_ms / 1000:.3f}"
         batches = t_env.sql_query(sql_statements("batches.sql", settings, table=table,
-                                                 window_s=window_s)[0])
-        released = (t_env.to_data_stream(batches)
-                    .key_by(lambda r: r.shard, key_type=Types.INT())
-                    .process(GateFunction(settings, priority), output_type=RELEASED)
-                    .name(f"gate-{priority}").uid(f"gate-{priority}")
-                    .slot_sharing_group(priority))
+                                                 window_s=window_s, lanes=str(lanes))[0])
+        # The gate sends what it releases itself (operators/gate.py says why).
+        gated = (t_env.to_data_stream(batches)
+                 .key_by(lambda r: keys[r.shard], key_type=Types.INT())
+                 .process(GateFunction(settings, priority), output_type=KEYED_PAYLOAD)
+                 .name(f"gate-{priority}").uid(f"gate-{priority}")
+                 .slot_sharing_group(priority))
         # Retries come back from the class's retry topic, past the gate (its dedup would drop
-        # them), and wait for their not_before in the retry wait.
+        # them), wait for their not_before in the retry wait, and take their own call operator.
         retry_batches = t_env.sql_query(sql_statements("batches.sql", settings,
-                                                       table=f"{retry}_in", window_s=window_s)[0])
-        retried = (t_env.to_data_stream(retry_batches)
-                   .key_by(lambda r: r.shard, key_type=Types.INT())
-                   .process(RetryWaitFunction(settings), output_type=RELEASED)
-                   .name(f"retry-wait-{priority}").uid(f"retry-wait-{priority}")
+                                                       table=f"{retry}_in", window_s=window_s,
+                                                       lanes=str(lanes))[0])
+        waited = (t_env.to_data_stream(retry_batches)
+                  .key_by(lambda r: keys[r.shard], key_type=Types.INT())
+                  .process(RetryWaitFunction(settings), output_type=RELEASED)
+                  .name(f"retry-wait-{priority}").uid(f"retry-wait-{priority}")
+                  .slot_sharing_group(priority))
+        retried = (waited
+                   .process(CallBatchFunction(settings, priority), output_type=KEYED_PAYLOAD)
+                   .name(f"call-{priority}").uid(f"call-{priority}")
                    .slot_sharing_group(priority))
-        sent = (released.union(retried)
-                .process(CallBatchFunction(settings, priority), output_type=KEYED_PAYLOAD)
-                .name(f"call-{priority}").uid(f"call-{priority}")
-                .slot_sharing_group(priority))
-        for stream, sink in ((sent, "status_out"),
-                             (sent.get_side_output(RETRY_TAG), f"{retry}_out"),
-                             (sent.get_side_output(DLQ_TAG), "dlq_out"),
-                             (released.get_side_output(STATUS_TAG), "status_out"),
-                             (released.get_side_output(DLQ_TAG), "dlq_out"),
-                             (retried.get_side_output(DLQ_TAG), "dlq_out")):
-            statements.add_insert(sink, t_env.from_data_stream(stream))
-    # Quota changes from herald.control go into the limiter's Redis config (operators/control.py
-    # says why there and not in broadcast state).
-    quotas = t_env.sql_query("SELECT k, v FROM control_quota_in "
-                             "WHERE JSON_VALUE(v, '$.kind') = 'quota'")
-    rejected = (t_env.to_data_stream(quotas)
-                .process(ApplyQuotaFunction(settings), output_type=KEYED_PAYLOAD)
-                .name("apply-quota").uid("apply-quota").set_parallelism(1))
+        # One conversion to the Table API per sink and class: each costs Java CPU per record.
+        for sink, streams in (
+                ("status_out", (gated, gated.get_side_output(STATUS_TAG), retried)),
+                (f"{retry}_out", (gated.get_side_output(RETRY_TAG),
+                                  retried.get_side_output(RETRY_TAG))),
+                ("dlq_out", (gated.get_side_output(DLQ_TAG), waited.get_side_output(DLQ_TAG),
+                             retried.get_side_output(DLQ_TAG)))):
+            statements.add_insert(sink, t_env.from_data_stream(streams[0].union(*streams[1:])))
+    # Quota changes and campaign cancels from herald.control go into Redis, where every call
+    # stage reads them (operators/control.py says why there and not in broadcast state). One
+    # job applies them: the one with critical traffic when the classes run apart.
+    if states.CRITICAL not in wanted:
+        statements.attach_as_datastream()
+        return
+    kinds = ", ".join(f"'{k}'" for k in CONTROL_KINDS)
+    control = t_env.sql_query("SELECT k, v FROM control_quota_in "
+                              f"WHERE JSON_VALUE(v, '$.kind') IN ({kinds})")
+    rejected = (t_env.to_data_stream(control)
+                .process(ApplyControlFunction(settings), output_type=KEYED_PAYLOAD)
+                .name("apply-control").uid("apply-quota").set_parallelism(1))
     statements.add_insert("dlq_out", t_env.from_data_stream(rejected))
     statements.attach_as_datastream()
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_job("herald-delivery", build_pipeline, load_settings(), argv, __doc__.splitlines()[0])
+    name, settings = job_settings(load_settings())
+    if job_classes(settings) == (states.PROMOTIONAL,):
+        # Its own JVM and interpreter, and below critical for the CPU: the MiniCluster's JVM
+        # and every thread in it inherit this (operators/threads.py).
+        from operators.threads import lower_priority
+        lower_priority(settings.promo_job_nice)
+    run_job(name, build_pipeline, settings, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

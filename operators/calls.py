@@ -1,28 +1,25 @@
-"""The call operator: one batch of released notifications in; status events out, retry records
-and dead letters as side outputs.
+"""The retry call operator: one batch of retry records that are due in; status events out,
+retry records and dead letters as side outputs.
 
-A batch is one row from the gate (`operators.gate`) or from the retry wait
-(`operators.retries`), in per-user order (a release counter prefixes each payload); the calls
-are made by `udfs.call_stage.BatchCalls`. While a provider's tokens are short the operator
-blocks inside `process_element`, which is Flink backpressure: the gate, the windows and the
-Kafka sources slow down with it, and nothing is dropped.
+A batch is one row from the retry wait (`operators.retries`), in order (a release counter
+prefixes each payload); the calls are made by `udfs.call_stage.BatchCalls`. Fresh
+notifications do not come this way: the gate calls the providers itself (`operators.gate`
+says why). While a provider's tokens are short the operator blocks inside `process_element`,
+which is Flink backpressure: the retry wait and its source slow down, nothing is dropped.
 """
 from __future__ import annotations
 
 import time
 
-from pyflink.datastream import OutputTag
 from pyflink.datastream.functions import ProcessFunction, RuntimeContext
 
 from herald import states
 from herald.errors import ValidationError
 from herald.models import dead_letter
 from herald.settings import Settings
-from operators.gate import ORDER_DIGITS
-from operators.rows import DLQ_TAG, KEYED_PAYLOAD, keyed_payload
-
-# (user_id, retry record): a notification going round the class's retry topic.
-RETRY_TAG = OutputTag("retry", KEYED_PAYLOAD)
+from operators.metrics import OperatorMetrics
+from operators.rows import DLQ_TAG, ORDER_DIGITS, keyed_payload, stage_rows
+from operators.threads import run_at_class_priority
 
 
 class CallBatchFunction(ProcessFunction):
@@ -30,10 +27,13 @@ class CallBatchFunction(ProcessFunction):
         self.settings = settings
         self.priority = priority
         self.calls = None
+        self.metrics = None
 
     def open(self, runtime_context: RuntimeContext):
         from udfs.call_stage import make_call_stage
+        run_at_class_priority(self.settings, self.priority)
         self.calls = make_call_stage(self.settings, self.priority)
+        self.metrics = OperatorMetrics(runtime_context, self.priority)
 
     def close(self):
         if self.calls is not None:
@@ -49,10 +49,4 @@ class CallBatchFunction(ProcessFunction):
                 yield DLQ_TAG, keyed_payload("(call stage)", dead_letter(
                     payload[ORDER_DIGITS:], str(exc), states.STAGE_DELIVERY,
                     time.time_ns() // 1_000_000))
-        out = self.calls.send_all(tasks)
-        for status in out.statuses:
-            yield keyed_payload(status.id, status.to_json())
-        for user_id, record in out.retries:
-            yield RETRY_TAG, keyed_payload(user_id, record)
-        for key, record in out.dead:
-            yield DLQ_TAG, keyed_payload(key, record)
+        yield from stage_rows(self.calls.send_all(tasks), self.metrics)

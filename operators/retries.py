@@ -1,5 +1,5 @@
-"""The retry wait: retry records in (a batch of one retry-topic partition), released to the call
-stage when their ``not_before`` has come.
+"""The retry wait: retry records in (a batch of one lane of retry-topic partitions), released to
+the call stage when their ``not_before`` has come.
 
 The records come from the class's retry topic (written by `operators.calls`), through the same
 SQL window as fresh records (`sql/batches.sql`), so Python is entered once per batch. This path
@@ -11,7 +11,10 @@ Waiting records sit in a MapState by due time (rounded up to ``BUCKET_MS``), wit
 processing-time timer per due time (Flink keeps one timer per key and time), so a timer reads
 only what is due and an outage's backlog is not re-pickled on every batch.
 
-Output: (shard, [payloads]) rows like the gate's, each payload prefixed by this operator's
+The ``seen`` keys expire by Flink's TTL, applied by walking a lane's map every
+``state_sweep_interval_ms`` (see `operators.gate` for why not Flink's incremental cleanup).
+
+Output: (shard, [payloads]) rows, each payload prefixed by this operator's
 release counter so the call stage keeps their order.
 """
 from __future__ import annotations
@@ -27,9 +30,9 @@ from herald import states
 from herald.errors import ValidationError
 from herald.models import dead_letter, load_object
 from herald.settings import Settings
-from operators.gate import ORDER_DIGITS
-from operators.rows import DLQ_TAG, keyed_payload
-from operators.state import ttl_config
+from operators.lanes import log_order
+from operators.rows import DLQ_TAG, ORDER_DIGITS, keyed_payload
+from operators.state import sweep, ttl_config
 from udfs.requeue import decode_retry
 
 BUCKET_MS = 50
@@ -40,13 +43,15 @@ def now_ms() -> int:
 
 
 class RetryWaitFunction(KeyedProcessFunction):
-    """Input rows: (shard, batch) with batch a JSON array of {"o": offset, "k": key, "v": value}."""
+    """Input rows: (shard, batch) with batch a JSON array of
+    {"p": partition, "o": offset, "k": key, "v": value} (sql/batches.sql)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.waiting = None
         self.seen = None
         self.released = 0
+        self.sweep_at: dict[int, int] = {}  # shard → when its seen-map is walked next
 
     def open(self, runtime_context: RuntimeContext):
         self.waiting = runtime_context.get_map_state(
@@ -57,9 +62,13 @@ class RetryWaitFunction(KeyedProcessFunction):
 
     def process_element(self, row, ctx: KeyedProcessFunction.Context):
         at = now_ms()
+        shard = ctx.get_current_key()
+        if self.sweep_at.setdefault(shard, at + self.settings.state_sweep_interval_ms) <= at:
+            sweep(self.seen)
+            self.sweep_at[shard] = at + self.settings.state_sweep_interval_ms
         due: list[str] = []
         later: dict[int, list[str]] = {}
-        for record in sorted(orjson.loads(row.batch), key=lambda r: r["o"]):
+        for record in sorted(orjson.loads(row.batch), key=log_order):
             raw = record["v"]
             try:
                 task, not_before = decode_retry(load_object(raw))
@@ -83,7 +92,7 @@ class RetryWaitFunction(KeyedProcessFunction):
             if held is None:
                 timers.register_processing_time_timer(bucket)
         if due:
-            yield self._row(ctx.get_current_key(), due)
+            yield self._row(shard, due)
 
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
         raws = self.waiting.get(timestamp)

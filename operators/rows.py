@@ -6,11 +6,28 @@ from pyflink.datastream import OutputTag
 
 # (id, payload): the Kafka key and the JSON value of a status or dead-letter record.
 KEYED_PAYLOAD = Types.ROW_NAMED(["id", "payload"], [Types.STRING(), Types.STRING()])
-# (shard, batch): what the gate released from one batch, in order, for the call stage.
+# (shard, batch): what the retry wait released from one batch, in order, for the call stage;
+# each payload starts with the release counter (ORDER_DIGITS hex digits).
+ORDER_DIGITS = 16
 RELEASED = Types.ROW_NAMED(["shard", "batch"], [Types.INT(), Types.LIST(Types.STRING())])
 DLQ_TAG = OutputTag("dlq", KEYED_PAYLOAD)
 STATUS_TAG = OutputTag("status", KEYED_PAYLOAD)
+# (user_id, retry record): a notification going round the class's retry topic.
+RETRY_TAG = OutputTag("retry", KEYED_PAYLOAD)
 
 
 def keyed_payload(key: str, payload: bytes) -> Row:
     return Row(key, payload.decode("utf-8"))
+
+
+def stage_rows(out, metrics):
+    """A call-stage batch's output (udfs.call_stage.StageOutput) as the operators emit it:
+    status events on the main output, retry records and dead letters on their side outputs;
+    its counts go to the operator's metrics (operators.metrics) once per batch."""
+    metrics.add(*out.metric_counts())
+    for status in out.statuses:
+        yield keyed_payload(status.id, status.to_json())
+    for user_id, record in out.retries:
+        yield RETRY_TAG, keyed_payload(user_id, record)
+    for key, record in out.dead:
+        yield DLQ_TAG, keyed_payload(key, record)

@@ -157,7 +157,7 @@ CREATE TABLE retry_promo_out (
   'value.fields-include' = 'EXCEPT_KEY'
 );
 
--- Quota changes on herald.control ({"kind": "quota", ...}); other kinds are not this job's.
+-- Control records on herald.control the delivery job applies (quota changes, campaign cancels).
 CREATE TABLE control_quota_in (
   k STRING,
   v STRING

@@ -49,6 +49,30 @@ def fcm(request):
     mock.stop()
 
 
+@pytest.fixture(scope="module")
+def fcm_module():
+    """A mock FCM shared by one test module (tests keep apart by ids)."""
+    from tests.helpers_mocks import MockProcess
+    mock = MockProcess("--provider", "fcm")
+    yield mock
+    mock.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_client(stack, base_settings):
+    """A blocking Redis client on the session stack (bytes answers)."""
+    import redis
+    client = redis.Redis(host=base_settings.redis_host, port=base_settings.redis_port)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def tenant(unique) -> str:
+    """A tenant of this test's own: its users, templates and quotas in Redis are apart."""
+    return f"t{unique}"
+
+
 @pytest.fixture
 def unique() -> str:
     """A short id for this test: prefixes its topics, ids and consumer groups."""
@@ -62,3 +86,21 @@ def test_settings(stack, base_settings, unique) -> Settings:
     settings = base_settings.replace(consumer_group=f"herald-{unique}", flink_rest_port=0, **topics)
     stack.create_topics(list(settings.topics().values()))
     return settings
+
+
+@pytest.fixture
+def make_stage(stack, base_settings):
+    """BatchCalls (the provider-call stage) on settings of this test's own (its own limiter
+    namespace in Redis); every stage made is closed after the test."""
+    from udfs.call_stage import BatchCalls
+    stages = []
+
+    def make(priority: str = "critical", **changes) -> BatchCalls:
+        settings = base_settings.replace(**{"ratelimit_namespace": f"rl{uuid.uuid4().hex[:8]}",
+                                            **changes})
+        stage = BatchCalls(settings, priority)
+        stages.append(stage)
+        return stage
+    yield make
+    for stage in stages:
+        stage.close()

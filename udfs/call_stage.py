@@ -3,7 +3,28 @@ providers' limits, with retries, fallback and a circuit breaker per provider.
 
 The batch arrives from a Flink SQL window (Java collects it; Python is entered once per batch).
 Per batch: expiry is checked against the wall clock, the ids are claimed in Redis in one round
-trip (``udfs.markers``), then rounds run until every notification has a fate:
+trip (``udfs.markers``) that also reads the batch's users, templates and cancelled campaigns
+(``udfs.lookups``: each key once, never a request per message). Then, per notification
+(decisions in ``herald.preferences``, ``herald.templates``, ``herald.quiet_hours``):
+
+* its campaign was cancelled → ``cancelled``, never sent (checked again between rounds, and on
+  every retry, which comes back through here);
+* contacts: inline ``to`` first, gaps filled from the user record;
+* a named template is rendered for the user's locale; a missing variable or template →
+  ``failed`` and a dead letter with the precise reason (no fallback: every channel would send
+  the same blank);
+* a channel the user opted out of → ``opted_out`` and the next channel, or nothing more;
+* inside the user's quiet hours (promotional; critical too unless
+  ``quiet_hours_bypass_critical``) → held until they end, or ``expired`` if it expires first.
+  The hold goes round the class's retry topic with ``not_before`` = the end (a ``retrying``
+  event says so) and waits in the retry wait's timers (``operators.retries``), not in the
+  gate: the gate never sees the user record (it is read here, batched, where the contacts are
+  needed), its per-partition state would carry every held campaign message through each
+  access, and the retry path already holds records durably (Kafka, then keyed state with
+  timers) and brings them back through these checks, so a cancel, a changed preference or an
+  expiry during the hold is honoured at release.
+
+Then rounds run until every notification has a fate:
 
 1. requests are built by the provider adapters (no contact for a channel → fallback);
 2. a provider whose circuit is open gets no calls: they are re-queued for when it may be
@@ -47,20 +68,24 @@ from typing import Sequence
 
 import redis
 
-from herald import retry as policy
+from herald import preferences, retry as policy
 from herald import states
 from herald.breaker import CLOSED, CircuitBreakers
-from herald.models import Notification, Status, dead_letter
+from herald.metrics import count_statuses
+from herald.models import Content, Notification, Status, dead_letter
 from herald.providers.base import Kind, clock_ms
 from herald.providers.exceptions import MissingContactError, ProviderError
 from herald.providers.registry import Registry
 from herald.retry import Attempt, ExponentialBackoffRetry, FallbackPolicy
+from herald.quiet_hours import utc_iso
 from herald.settings import Settings
+from herald.templates import TemplateCache, TemplateError
 from udfs.http_client import ChainHalted, HttpClientError
+from udfs.lookups import BatchLookups, cancelled_campaigns
 from udfs.markers import SentMarkers
 from udfs.rates import ProviderRates
 from udfs.requeue import Task, encode_retry
-from udfs.transport import ProviderTransport
+from udfs.transport import make_transport
 
 ACCEPTED_BEFORE_RESTART = "accepted by the provider before a restart (sent marker); not sent again"
 RESENT_AFTER_CRASH = "in flight at a crash; re-sent (at-least-once for the ambiguous call)"
@@ -78,6 +103,11 @@ class StageOutput:
     statuses: list[Status] = field(default_factory=list)
     retries: list[tuple[str, bytes]] = field(default_factory=list)   # (user_id, record)
     dead: list[tuple[str, bytes]] = field(default_factory=list)      # (id, record)
+    throttles: int = 0  # throttling answers in this batch (the calls waited and went again)
+
+    def metric_counts(self):
+        """(counter increments, provider latencies) of this batch, for the operator's metrics."""
+        return count_statuses(self.statuses, dead=len(self.dead), throttles=self.throttles)
 
     def __iter__(self):  # (statuses, retries, dead), for unpacking
         return iter((self.statuses, self.retries, self.dead))
@@ -92,8 +122,7 @@ class BatchCalls:
         self.settings = settings
         self.critical = priority == states.CRITICAL
         self.registry = registry or Registry()
-        self.transport = ProviderTransport(max_connections=s.provider_max_in_flight,
-                                           timeout_s=s.provider_timeout_s)
+        self.transport = make_transport(s)
         self.redis = redis.Redis(host=s.redis_host, port=s.redis_port)
         self.markers = SentMarkers(self.redis, s.dedup_ttl_ms)
         self.rates = ProviderRates(s, self.redis)
@@ -104,6 +133,7 @@ class BatchCalls:
         self.fallback = FallbackPolicy()
         self.breakers = CircuitBreakers(failure_threshold=s.breaker_failure_threshold,
                                         cool_down_ms=s.breaker_cool_down_ms)
+        self.templates = TemplateCache(s.template_cache_entries)
         self.sleep = sleep
         self.waited_ms = 0  # time spent waiting for tokens (backpressure), for tests and metrics
         self._released: list[str] = []  # ids whose claim goes at the end of this round
@@ -128,7 +158,15 @@ class BatchCalls:
                 self._expired(task, at, "expired before the provider call", out)
             else:
                 tasks.append(task)
-        sent_before, in_flight_at_crash = self.markers.claim([t.n.id for t in tasks])
+        lookups = BatchLookups()
+        s = self.settings
+        for task in tasks:
+            lookups.want(task.n, user=preferences.needs_user(
+                task.n, critical_opt_outs=s.critical_honours_opt_outs,
+                critical_quiet_hours=not s.quiet_hours_bypass_critical))
+        sent_before, in_flight_at_crash = self.markers.claim([t.n.id for t in tasks],
+                                                             lookups=lookups)
+        self._released = [t.n.id for t in tasks if t.n.id in sent_before]
         waiting = []
         for task in tasks:
             if task.n.id in sent_before:
@@ -136,11 +174,14 @@ class BatchCalls:
                 # has it, and the status that said so may have died with the crash.
                 out.statuses.append(Status.of(task.n, states.DELIVERED, at, channel=task.channel,
                                               detail=ACCEPTED_BEFORE_RESTART))
-            else:
+            elif self._prepare(task, lookups, at, out):
                 waiting.append(task)
         self.rates.refresh()
-        self._released = [t.n.id for t in tasks if t.n.id in sent_before]
+        first = True
         while waiting:
+            if not first:
+                waiting = self._drop_cancelled(waiting, out)
+            first = False
             accepted: list[str] = []
             waiting = self._round(waiting, in_flight_at_crash, accepted, out)
             self.markers.settle(accepted, self._released)
@@ -148,6 +189,93 @@ class BatchCalls:
         if self._released:
             self.markers.settle((), self._released)
         return out
+
+    # ---------------------------------------------------------------- the user's side
+
+    def _prepare(self, task: Task, lookups: BatchLookups, now: int, out: StageOutput) -> bool:
+        """Apply what the batch's lookups say about ``task``: a cancelled campaign, the user's
+        contacts, the template, opt-outs and quiet hours. False: it has its fate already."""
+        n = task.n
+        if lookups.is_cancelled(n):
+            self._cancelled(task, now, out)
+            return False
+        key = (n.tenant_id, n.user_id)
+        if key in lookups.users:
+            task.user = lookups.users[key]
+            task.no_user = task.user is None
+        task.contacts = preferences.contacts_for(n.to, task.user)
+        task.message = n
+        if n.content.template is not None:
+            try:
+                task.message = self._render(task, lookups.templates.get(
+                    (n.tenant_id, n.content.template)))
+            except TemplateError as exc:
+                self._dead(task, str(exc), now, out, channel=task.channel, provider=None)
+                return False
+        if task.user is not None and not self._allowed_channel(task, now, out):
+            return False
+        hold = preferences.quiet_hold(n, task.user, now,
+                                      bypass_critical=self.settings.quiet_hours_bypass_critical)
+        if hold is None:
+            return True
+        decision, until = hold
+        q = task.user.quiet_hours
+        why = f"the user's quiet hours ({q.start}-{q.end} {q.tz}) end at {utc_iso(until)}"
+        if decision == preferences.EXPIRE:
+            self._expired(task, now, f"{why}, after expires_at", out)
+        else:  # round the retry topic; the retry wait's timers release it at `until`
+            self._defer(task, now, until, f"held: {why}", out)
+        return False
+
+    def _render(self, task: Task, raw: bytes | None) -> Notification:
+        n = task.n
+        if raw is None:
+            raise TemplateError(f"template {n.content.template!r} does not exist for tenant "
+                                f"{n.tenant_id!r}")
+        template = self.templates.get(raw, n.content.template)
+        title, body = template.render(task.user.locale if task.user else None, n.content.vars,
+                                      preferences.user_values(n.user_id, task.user))
+        return replace(n, content=Content(title=title, body=body, data=n.content.data))
+
+    def _allowed_channel(self, task: Task, now: int, out: StageOutput) -> bool:
+        """Skip the channels the user opted out of (``opted_out`` each), from the current one
+        to the next allowed one; False when none is left (the notification ends there)."""
+        skipped, channel = preferences.skip_opted_out(task.n.channels, task.channel,
+                                                      task.user.opt_outs)
+        for ch in skipped:
+            detail = (f"the user opted out of {ch}; trying {channel}" if channel is not None
+                      else f"the user opted out of {ch}; no channel left")
+            out.statuses.append(Status.of(task.n, states.OPTED_OUT, now, channel=ch,
+                                          attempt=task.attempt, detail=detail))
+        if channel is None:
+            self._released.append(task.n.id)
+            return False
+        if channel != task.channel:
+            task.channel, task.attempt = channel, 1
+        return True
+
+    def _drop_cancelled(self, waiting: list[Task], out: StageOutput) -> list[Task]:
+        """Between rounds (a batch may wait seconds for tokens): drop what was cancelled since."""
+        campaigns = [(t.n.tenant_id, t.n.campaign_id) for t in waiting if t.n.campaign_id]
+        gone = cancelled_campaigns(self.redis, campaigns) if campaigns else ()
+        if not gone:
+            return waiting
+        now = clock_ms()
+        kept = []
+        for task in waiting:
+            if (task.n.tenant_id, task.n.campaign_id) in gone:
+                self._cancelled(task, now, out)
+            else:
+                kept.append(task)
+        return kept
+
+    def _cancelled(self, task: Task, now: int, out: StageOutput) -> None:
+        self._released.append(task.n.id)
+        out.statuses.append(Status.of(task.n, states.CANCELLED, now, channel=task.channel,
+                                      attempt=task.attempt,
+                                      detail=f"campaign {task.n.campaign_id!r} was cancelled"))
+
+    # ---------------------------------------------------------------- rounds
 
     def _round(self, waiting: list[Task], crashed: set[str], accepted: list[str],
                out: StageOutput) -> list[Task]:
@@ -237,13 +365,19 @@ class BatchCalls:
     # ---------------------------------------------------------------- one task
 
     def _build(self, task: Task, now: int, out: StageOutput, later: list[Task]) -> bool:
+        if task.user is not None and not self._allowed_channel(task, now, out):
+            return False  # a fallback landed on a channel the user opted out of, and no other
+        contacts = task.contacts if task.contacts is not None else task.n.to
         try:
-            task.adapter = self.registry.for_channel(task.channel, task.n.to.platform)
-            task.request = task.adapter.build_request(task.n, task.n.to, self.settings,
-                                                      now_ms=now)
+            task.adapter = self.registry.for_channel(task.channel, contacts.platform)
+            task.request = task.adapter.build_request(task.message or task.n, contacts,
+                                                      self.settings, now_ms=now)
             return True
         except MissingContactError as exc:
             failure, detail = policy.MISSING_CONTACT, str(exc)
+            if task.no_user:
+                detail += (f" (none inline, and no user {task.n.user_id!r} in the user store "
+                           f"of tenant {task.n.tenant_id!r})")
         except ProviderError as exc:
             failure, detail = policy.PERMANENT, str(exc)
         provider = task.adapter.name if task.adapter is not None else None
@@ -277,6 +411,7 @@ class BatchCalls:
                                           latency_ms=now - task.n.created_at, detail=detail))
             return
         if outcome.kind is Kind.THROTTLED:
+            out.throttles += 1
             retry_after_ms = int((outcome.retry_after_s or 0) * 1000)
             throttled[name] = max(throttled.get(name, 0), retry_after_ms)
             if retry_after_ms <= self.settings.throttle_inline_max_ms:
@@ -334,10 +469,15 @@ class BatchCalls:
             task.adapter = task.request = None
             later.append(task)
             return
-        self._released.append(task.n.id)
         reason = (f"every channel failed; last: {failed_channel} ({failure}: {detail})"
                   if len(task.n.channels) > 1 else f"{failed_channel} failed ({failure}: {detail})")
-        out.statuses.append(Status.of(task.n, states.FAILED, now, channel=failed_channel,
+        self._dead(task, reason, now, out, channel=failed_channel, provider=provider)
+
+    def _dead(self, task: Task, reason: str, now: int, out: StageOutput, *, channel: str,
+              provider: str | None) -> None:
+        """``failed`` and one dead letter with the reason and the attempt history."""
+        self._released.append(task.n.id)
+        out.statuses.append(Status.of(task.n, states.FAILED, now, channel=channel,
                                       provider=provider, attempt=task.attempt, detail=reason))
         record = task.n.to_dict()
         record["attempts"] = task.history

@@ -38,6 +38,11 @@ class Task:
     adapter: Any = None
     request: Any = None
     order: int = 0
+    # from the batch's lookups (udfs.lookups): never written to the retry topic, read again
+    user: Any = None        # herald.users.UserRecord, or None
+    no_user: bool = False   # looked up and not in the user store
+    contacts: Any = None    # what to send to: inline ``to``, gaps filled from the user record
+    message: Any = None     # the Notification the adapters build from (template rendered)
 
     @classmethod
     def fresh(cls, n: Notification) -> "Task":

@@ -13,7 +13,11 @@ from typing import Any, Callable, Hashable, Sequence
 
 from herald.providers.base import ProviderRequest
 from udfs.h2_client import H2Client
-from udfs.http_client import HttpClient, new_event_loop
+from udfs.http_client import HttpClient, Response, new_event_loop
+
+# What the null transport answers: a 2xx every adapter classifies as accepted.
+NULL_ANSWER = Response(200, {"content-type": "application/json"},
+                       b'{"name": "projects/null/messages/0", "sid": "SMnull"}')
 
 
 class ProviderTransport:
@@ -58,3 +62,24 @@ class ProviderTransport:
             self.loop.run_until_complete(self.http1.close())
             self.loop.run_until_complete(self.http2.close())
             self.loop.close()
+
+
+class NullTransport:
+    """Answers every call at once, in-process, as accepted: no network, no provider. For
+    measuring the pipeline's own ceiling (``provider_transport = "null"``); never for delivery."""
+
+    def send_batch(self, requests, max_in_flight: int = 256, keys=None, stop_chain=None):
+        return [NULL_ANSWER] * len(requests)
+
+    def close(self) -> None:
+        pass
+
+
+def make_transport(settings) -> "ProviderTransport | NullTransport":
+    if settings.provider_transport == "null":
+        return NullTransport()
+    if settings.provider_transport != "http":
+        raise ValueError(f"provider_transport must be 'http' or 'null', "
+                         f"not {settings.provider_transport!r}")
+    return ProviderTransport(max_connections=settings.provider_max_in_flight,
+                             timeout_s=settings.provider_timeout_s)

@@ -451,7 +451,7 @@ def test_campaign_violations_are_422(api, ids, changes, field):
              422, None, field)
 
 
-def test_cancel_puts_a_control_record_keyed_by_kind(api, api_settings, ids):
+def test_cancel_puts_a_control_record_keyed_by_kind(api, api_settings, rclient, ids):
     cid = ids("cmp")
     assert call(api, "POST", "/v1/campaigns", campaign(cid)).status_code == 202
     r = call(api, "DELETE", f"/v1/campaigns/{cid}", content_type=None)
@@ -465,6 +465,10 @@ def test_cancel_puts_a_control_record_keyed_by_kind(api, api_settings, ids):
     progress = call(api, "GET", f"/v1/campaigns/{cid}").json()
     assert progress["state"] == "cancel_requested"
     assert progress["cancel_requested_at"] == body["cancel_requested_at"]
+    # in force for the delivery path before the 202: the record its call stage checks
+    assert rclient.get(f"herald:cancelled:{ACME}:{cid}") == str(body["cancel_requested_at"])
+    assert 0 < rclient.pttl(f"herald:cancelled:{ACME}:{cid}") <= \
+        api_settings.campaign_cancel_retention_ms
 
 
 def test_a_cancel_carries_the_keys_tenant_and_an_idempotency_key_sends_it_once(api, api_settings,
@@ -553,6 +557,47 @@ def test_a_user_is_stored_as_a_flat_hash_and_replaced_on_put(api, rclient, ids):
 ])
 def test_user_violations_are_422(api, ids, body, field):
     error_of(call(api, "PUT", f"/v1/users/{ids('u')}", body), 422, None, field)
+
+
+TEMPLATE = {"default_locale": "en",
+            "locales": {"en": {"title": "Hi {{name}}", "body": "{{count}} offers"},
+                        "pt-BR": {"body": "{{count}} ofertas"}}}
+
+
+def test_a_template_is_stored_per_tenant_and_replaced_on_put(api, rclient, ids):
+    name = ids("tpl")
+    r = call(api, "PUT", f"/v1/templates/{name}", TEMPLATE)
+    assert r.status_code == 200
+    assert r.json() | {"updated_at": 0} == {**TEMPLATE, "name": name, "tenant_id": ACME,
+                                            "updated_at": 0}
+    stored = orjson.loads(rclient.get(f"herald:template:{ACME}:{name}"))
+    assert stored == {**TEMPLATE, "name": name, "updated_at": r.json()["updated_at"]}
+    assert call(api, "GET", f"/v1/templates/{name}").json() == r.json()
+    error_of(call(api, "GET", f"/v1/templates/{name}", key=GLOBEX_KEY), 404, "not_found", "name")
+    smaller = {"default_locale": "de", "locales": {"de": {"body": "{{count}} Angebote"}}}
+    assert call(api, "PUT", f"/v1/templates/{name}", smaller).ok
+    assert call(api, "GET", f"/v1/templates/{name}").json()["locales"] == smaller["locales"]
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"locales": {"en": {"body": "x"}}}, "default_locale"),
+    ({"default_locale": "fr", "locales": {"en": {"body": "x"}}}, "default_locale"),
+    ({"default_locale": "en", "locales": {}}, "locales"),
+    ({"default_locale": "en", "locales": {"en": {"title": "x"}}}, "locales.en.body"),
+    ({"default_locale": "en", "locales": {"en": {"body": "Hi {{ first name }}"}}},
+     "locales.en.body"),
+    ({"default_locale": "en", "locales": {"en": {"body": "Hi {{name"}}}, "locales.en.body"),
+    ({"default_locale": "en", "locales": {"klingon!": {"body": "x"}}}, "locales.klingon!"),
+    ({"default_locale": "en", "locales": {"en": {"body": "x"}}, "html": True}, "html"),
+    ({"default_locale": "en", "locales": {"en": {"body": "x"}}, "name": "other"}, "name"),
+])
+def test_template_violations_are_422_naming_the_field(api, ids, body, field):
+    error_of(call(api, "PUT", f"/v1/templates/{ids('tpl')}", body), 422, None, field)
+
+
+def test_a_template_for_another_tenant_is_403(api, ids):
+    error_of(call(api, "PUT", f"/v1/templates/{ids('tpl')}", {**TEMPLATE, "tenant_id": GLOBEX}),
+             403, "forbidden", "tenant_id")
 
 
 def test_a_segment_is_a_redis_list_in_order_and_replaced_atomically(api, rclient, ids):

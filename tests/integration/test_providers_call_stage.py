@@ -18,7 +18,6 @@ import redis as redis_lib
 from herald.providers.apns import apns_id_for
 from herald.ratelimit import RedisRateLimiter
 from tests.helpers_mocks import MockProcess, make_notification
-from udfs.call_stage import BatchCalls
 from udfs.quotas import QuotaChange, QuotaStore
 from udfs.requeue import decode_retry
 
@@ -37,22 +36,6 @@ def mocks():
     yield start
     for mock in started.values():
         mock.stop()
-
-
-@pytest.fixture
-def make_stage(stack, base_settings):
-    """BatchCalls on settings of this test's own (its own limiter namespace in Redis)."""
-    stages = []
-
-    def make(priority: str = "critical", **changes) -> BatchCalls:
-        settings = base_settings.replace(ratelimit_namespace=f"rl{uuid.uuid4().hex[:8]}",
-                                         **changes)
-        stage = BatchCalls(settings, priority)
-        stages.append(stage)
-        return stage
-    yield make
-    for stage in stages:
-        stage.close()
 
 
 def note(i, *, user=None, **overrides):

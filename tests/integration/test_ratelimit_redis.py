@@ -165,6 +165,29 @@ def test_promotional_traffic_cannot_starve_critical(redis_client, provider):
     assert critical_waits == [0] * len(critical_waits)
 
 
+def test_a_waiting_critical_backlog_keeps_the_refill_from_promotional_pollers(redis_client,
+                                                                                provider):
+    # Both classes come back when their answered wait is over (as the call stage does): while
+    # critical calls still wait, every token that refills goes to them, none to promotional.
+    rl = limiter(redis_client, reserve=0.2)
+    rl.configure(provider, 100, 100)
+    assert rl.take(provider, 100, critical=True, now_ms=T0).ok   # the bucket is empty
+    critical_left, promo_granted = 300, 0
+    due = {"critical": T0 + 1, "promo": T0}
+    while critical_left:
+        who = min(due, key=due.get)
+        now = due[who]
+        if who == "critical":
+            grant = rl.take(provider, critical_left, critical=True, partial=True, now_ms=now)
+            critical_left -= grant.granted
+            assert grant.wait_ms <= 100 or not critical_left     # 10 tokens at 100/s
+        else:
+            grant = rl.take(provider, 50, partial=True, now_ms=now)
+            promo_granted += grant.granted
+        due[who] = now + max(grant.wait_ms, 1)
+    assert promo_granted == 0
+
+
 # ---------------------------------------------------------------- tenants
 
 def test_tenant_bucket_limits_one_tenant_without_touching_another(redis_client, provider):
