@@ -40,6 +40,28 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def pids_matching(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (the stack's Kafka, its redis-server)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if text.encode() in fh.read().replace(b"\0", b" "):
+                        out.append(int(entry))
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    return out
+
+
+def stack_cpu_seconds(settings) -> dict[str, float]:
+    """CPU seconds so far of the stack's Kafka broker and redis-server (subtract two readings)."""
+    def total(pids):
+        return sum(cpu_seconds(p) for p in pids)
+    return {"kafka": total(pids_matching(f"kafka.Kafka {settings.stack_dir}/")),
+            "redis": total(pids_matching(f"redis-server {settings.redis_host}:{settings.redis_port}"))}
+
+
 def descendants(pid: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -225,3 +247,115 @@ def machine() -> dict:
     return {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "python": platform.python_version(), "cpus": os.cpu_count(),
             "loadavg_1m_at_start": round(load[0], 2)}
+
+
+def start_system(command: list[str], settings, log_path: str | Path,
+                 extra_env: dict | None = None) -> subprocess.Popen:
+    """A system under test in its own session (so its whole tree can be stopped), with the
+    settings as HERALD_* env vars, its output in ``log_path``."""
+    from herald.settings import settings_env
+    log = open(log_path, "wb")
+    try:
+        return subprocess.Popen(command, cwd=ROOT,
+                                env={**bench_env(), **settings_env(settings), **(extra_env or {})},
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        log.close()
+
+
+def stop_system(proc: subprocess.Popen, grace_s: float = 20) -> None:
+    """SIGTERM the process group started by ``start_system``, SIGKILL after ``grace_s``."""
+    import signal
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        except ProcessLookupError:
+            pass
+
+
+def drop_topics(bootstrap: str, prefix: str) -> None:
+    """Delete every topic whose name contains ``prefix`` (a run's topics, Quix changelogs)."""
+    from kafka.admin import KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        names = [t for t in admin.list_topics() if prefix in t]
+        if names:
+            admin.delete_topics(names)
+    finally:
+        admin.close()
+
+
+def wait_accepted(mock: "Mock", count: int, proc: subprocess.Popen, timeout_s: float,
+                  label: str = "", log_path: str = "", on_progress=None) -> bool:
+    """Poll the mock until it accepted ``count`` calls; False on timeout; raises if ``proc``
+    died. A stderr progress line on long waits; ``on_progress(accepted)`` at every poll."""
+    started = time.monotonic()
+    last = 0.0
+    while True:
+        got = mock.stats()["accepted"]
+        if got >= count:
+            return True
+        if on_progress is not None:
+            on_progress(got)
+        if proc.poll() is not None:
+            raise RuntimeError(f"{label} exited with {proc.returncode}, see {log_path}")
+        t = time.monotonic() - started
+        if t > timeout_s:
+            return False
+        if sys.stderr.isatty() and t - last >= 1:
+            last = t
+            sys.stderr.write(f"\r{label}: {got:,}/{count:,} accepted at the mock, {t:.0f} s   ")
+            sys.stderr.flush()
+        time.sleep(0.2)
+
+
+def bench_settings():
+    """The settings from env, with the Flink jars taken from the stack dir when this checkout
+    has none (a worktree sharing another checkout's stack through HERALD_STACK_DIR)."""
+    from herald.settings import load_settings
+    s = load_settings()
+    shared = Path(s.stack_dir) / "flink-jars"
+    if not Path(s.flink_jars_dir).exists() and shared.exists():
+        s = s.replace(flink_jars_dir=str(shared))
+    return s
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flink_hot_operators(port: int) -> list[dict]:
+    """Each vertex of the running job: its busiest subtask's busy and backpressured ms/s."""
+    def get(path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return json.loads(resp.read())
+    try:
+        job = next(j for j in get("/jobs/overview")["jobs"] if j["state"] == "RUNNING")
+        out = []
+        for v in get(f"/jobs/{job['jid']}")["vertices"]:
+            metrics = get(f"/jobs/{job['jid']}/vertices/{v['id']}/subtasks/metrics"
+                          "?get=busyTimeMsPerSecond,backPressuredTimeMsPerSecond")
+            m = {x["id"]: x.get("max") for x in metrics}
+            out.append({"operator": v["name"][:90],
+                        "busy_ms_per_s": m.get("busyTimeMsPerSecond"),
+                        "backpressured_ms_per_s": m.get("backPressuredTimeMsPerSecond")})
+        return sorted(out, key=lambda o: -(o["busy_ms_per_s"] or 0))
+    except Exception as exc:  # noqa: BLE001 - metrics are a nice-to-have in the report
+        return [{"error": f"{type(exc).__name__}: {exc}"}]
+
+
+def write_markdown(path: Path, text: str) -> None:
+    """Write a generated result table, keeping a hand-written ``## Reading`` section of the
+    file it replaces (so a rerun does not drop the analysis; update it by hand)."""
+    old = path.read_text() if path.exists() else ""
+    marker = "\n## Reading"
+    if marker in old:
+        text = text.rstrip("\n") + "\n" + old[old.index(marker):]
+    path.write_text(text)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -28,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 from kafka import KafkaProducer  # noqa: E402
 
-from bench.common import (Mock, bench_env, exactness, machine, per_user_order_ok,  # noqa: E402
-                          percentile, tree_cpu_seconds)
-from herald.settings import load_settings, settings_env  # noqa: E402
+from bench.common import (Mock, exactness, machine, per_user_order_ok, percentile,  # noqa: E402
+                          stack_cpu_seconds, start_system, stop_system, tree_cpu_seconds)
+from herald.settings import load_settings  # noqa: E402
 from herald_stack.components import Stack  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -70,10 +69,8 @@ def one_run(base, latency_ms: int, n: int, users: int, rate: float | None, timeo
                                 fcm_url=mock.url, flink_checkpoint_dir=f"/tmp/herald-bench-ck/{run}",
                                 **topics)
         Stack(settings).create_topics(list(settings.topics().values()))
-        log = open(f"/tmp/herald-bench-{run}.log", "wb")
-        job = subprocess.Popen([sys.executable, "-m", "jobs.delivery"], cwd=ROOT,
-                               env={**bench_env(), **settings_env(settings)},
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        job = start_system([sys.executable, "-m", "jobs.delivery"], settings,
+                           f"/tmp/herald-bench-{run}.log")
         # Warm up: one notification through, so Flink's start-up is not counted as latency.
         produce(settings, f"{run}w", 1, users, None)
         while mock.stats()["accepted"] < 1:
@@ -81,6 +78,8 @@ def one_run(base, latency_ms: int, n: int, users: int, rate: float | None, timeo
                 raise RuntimeError(f"job died, see /tmp/herald-bench-{run}.log")
             time.sleep(0.1)
         mock.reset()
+        job_cpu_at_start = tree_cpu_seconds(job.pid)
+        stack_at_start = stack_cpu_seconds(settings)
         started = time.monotonic()
         producer = threading.Thread(target=produce, args=(settings, run, n, users, rate))
         producer.start()
@@ -92,11 +91,11 @@ def one_run(base, latency_ms: int, n: int, users: int, rate: float | None, timeo
                     break
                 time.sleep(0.2)
             elapsed = time.monotonic() - started
-            job_cpu = tree_cpu_seconds(job.pid)
+            job_cpu = tree_cpu_seconds(job.pid) - job_cpu_at_start
             mock_cpu = mock.cpu()
+            stack_cpu = {k: v - stack_at_start[k] for k, v in stack_cpu_seconds(settings).items()}
         finally:
-            os.killpg(job.pid, 15)
-            job.wait(30)
+            stop_system(job)
             producer.join()
         records = mock.records()
     accepted = [r for r in records if r.get("result") == "accepted"]
@@ -109,9 +108,57 @@ def one_run(base, latency_ms: int, n: int, users: int, rate: float | None, timeo
             "calls_per_s_total": round(len(accepted) / elapsed),
             "calls_per_s_steady": round(steady), "elapsed_s": round(elapsed, 1),
             "job_cpu_s": round(job_cpu, 1), "mock_cpu_s": round(mock_cpu, 1),
+            "kafka_cpu_s": round(stack_cpu["kafka"], 1), "redis_cpu_s": round(stack_cpu["redis"], 1),
+            "calls_per_job_cpu_s": round(len(accepted) / job_cpu) if job_cpu else None,
             "p50_ms": percentile(lat, 0.50), "p95_ms": percentile(lat, 0.95),
             "p99_ms": percentile(lat, 0.99), "per_user_order": per_user_order_ok(records),
             **exactness(records, n)}
+
+
+def null_run(base, n: int, users: int, timeout_s: float) -> dict:
+    """The pipeline's own ceiling: the same job and semantics with the null transport (every
+    call answered in-process, no provider, no mock); measured on the status topic."""
+    from kafka import KafkaConsumer
+    run = uuid.uuid4().hex[:8]
+    topics = {f"topic_{role}": f"b{run}.{name}" for role, name in base.topics().items()}
+    settings = base.replace(consumer_group=f"bench-{run}", flink_rest_port=0,
+                            provider_transport="null",
+                            flink_checkpoint_dir=f"/tmp/herald-bench-ck/{run}", **topics)
+    Stack(settings).create_topics(list(settings.topics().values()))
+    produce(settings, run, n, users, None)  # a backlog first: the job starts on a full topic
+    consumer = KafkaConsumer(settings.topic_status, bootstrap_servers=settings.kafka_bootstrap,
+                             auto_offset_reset="earliest", enable_auto_commit=False)
+    job = start_system([sys.executable, "-m", "jobs.delivery"], settings,
+                       f"/tmp/herald-bench-{run}.log")
+    delivered, times = set(), []
+    started = time.monotonic()
+    cpu_at_first = None
+    try:
+        while len(delivered) < n and time.monotonic() - started < timeout_s:
+            if job.poll() is not None:
+                raise RuntimeError(f"job died, see /tmp/herald-bench-{run}.log")
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    status = orjson.loads(record.value)
+                    if status["state"] == "delivered" and status["id"] not in delivered:
+                        delivered.add(status["id"])
+                        times.append(status["at"])
+                        if cpu_at_first is None:
+                            cpu_at_first = tree_cpu_seconds(job.pid)
+        job_cpu = tree_cpu_seconds(job.pid) - (cpu_at_first or 0)
+    finally:
+        stop_system(job)
+        consumer.close()
+    span_s = (max(times) - min(times)) / 1000 if len(times) > 1 else 0
+    steady = round((len(times) - 1) / span_s) if span_s else 0
+    return {"mode": "null provider, backlog", "rate": None, "latency_ms": None,
+            "load_1m": round(os.getloadavg()[0], 2), "n": n, "users": users,
+            "accepted": len(delivered), "calls_per_s_total": None,
+            "calls_per_s_steady": steady, "elapsed_s": round(time.monotonic() - started, 1),
+            "job_cpu_s": round(job_cpu, 1), "mock_cpu_s": 0.0,
+            "per_job_cpu_second": round(len(delivered) / job_cpu) if job_cpu else None,
+            "p50_ms": None, "p95_ms": None, "p99_ms": None, "per_user_order": None,
+            "exact": len(delivered) == n}
 
 
 def write(results: list[dict]) -> None:
@@ -122,20 +169,36 @@ def write(results: list[dict]) -> None:
     lines = ["# End-to-end delivery throughput and latency", "",
              f"Measured {doc['measured_at']}: Kafka, Redis, the FCM mock, the producer and the"
              " delivery job (MiniCluster, parallelism 1, thread mode, checkpoints every 5 s)"
-             " on the same 2 cores. Every semantic on: parse and validate, keyed gate (dedup,"
+             " on the same 2 cores. CPU seconds are counted from the first measured call (the"
+             " job's start-up and JIT warm-up excluded) to the last; the null-provider row from"
+             " its first status. Kafka and Redis CPU is the whole broker's and server's (other"
+             " runs on the machine use them too). Every semantic on: parse and validate, keyed gate (dedup,"
              " order, expiry), Redis claim/sent markers, SQL-window batches, the lean client,"
              " status events to Kafka. `python bench/delivery_throughput.py` reproduces it."
              " `load 1m` is the load average after the run: above 2, something else competed"
              " for the 2 cores and the figure is low.", "",
              "| mode | mock latency | calls/s steady | calls/s from first produce | p50 / p95 / p99 added ms"
-             " | job CPU s | mock CPU s | exact, order | load 1m |", "|---|---|---|---|---|---|---|---|---|"]
+             " | job CPU s (calls per job CPU-s) | mock / Kafka / Redis CPU s | exact, order | load 1m |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
+        if r["mode"].startswith("null"):
+            lines.append(f"| null provider, backlog {r['n']} | – | {r['calls_per_s_steady']} calls/s"
+                         f" | – | – | {r['job_cpu_s']} ({r['per_job_cpu_second']}) | – |"
+                         f" {'yes' if r['exact'] else 'NO'}, – | {r['load_1m']} |")
+            continue
         mode = f"paced {r['rate']:.0f}/s" if r["rate"] else f"backlog {r['n']}"
         lines.append(f"| {mode} | {r['latency_ms']} ms | {r['calls_per_s_steady']} calls/s"
                      f" | {r['calls_per_s_total']} calls/s | {r['p50_ms']} / {r['p95_ms']} /"
-                     f" {r['p99_ms']} | {r['job_cpu_s']} | {r['mock_cpu_s']} |"
+                     f" {r['p99_ms']} | {r['job_cpu_s']} ({r.get('calls_per_job_cpu_s')}) |"
+                     f" {r['mock_cpu_s']} / {r.get('kafka_cpu_s')} / {r.get('redis_cpu_s')} |"
                      f" {'yes' if r.get('exact') else 'NO'}, {'yes' if r['per_user_order'] else 'NO'}"
                      f" | {r['load_1m']} |")
+    for r in results:
+        if r["mode"].startswith("null") and r.get("per_job_cpu_second"):
+            lines += ["", f"Null provider: the job's own CPU, from its first status to its last,"
+                      f" gives {r['per_job_cpu_second']:,} notifications per job CPU-second (the"
+                      " pipeline's ceiling per Flink core: Kafka source, window, gate, Redis"
+                      " claims and markers, statuses; no HTTP)."]
     (RESULTS / "delivery_throughput.md").write_text("\n".join(lines) + "\n")
 
 
@@ -147,10 +210,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rate", type=float, default=2_000)
     parser.add_argument("--paced-seconds", type=float, default=20)
     parser.add_argument("--timeout", type=float, default=180)
+    parser.add_argument("--null-n", type=int, default=200_000,
+                        help="notifications for the null-provider ceiling run (0: skip it)")
     args = parser.parse_args(argv)
     base = load_settings()
     Stack(base).up(mocks=False)
     results = []
+    if args.null_n:
+        results.append(null_run(base, args.null_n, args.users, args.timeout))
+        print(results[-1], flush=True)
     for latency in [int(x) for x in args.latencies.split(",")]:
         results.append(one_run(base, latency, args.n, args.users, None, args.timeout))
         print(results[-1], flush=True)

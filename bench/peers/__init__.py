@@ -1,0 +1,1 @@
+"""Peers for bench/peers_compare.py: the same critical-path semantics without Flink."""
