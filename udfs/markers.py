@@ -3,19 +3,22 @@
 Keyed state dedups replays of the log; after a restore from a checkpoint the records since that
 checkpoint are replayed into state that has never seen them, so Redis is what remembers:
 
-* ``herald:sending:{id}`` is claimed (SET NX) right before the call,
-* ``herald:sent:{id}`` is written right after the provider accepts, and the claim dropped.
+* ``herald:sent:{id}`` is claimed right before the call (value ``0``, SET NX) and set to ``1``
+  right after the provider accepts (or deleted, if the call did not happen).
 
-A replayed id with a ``sent`` marker is a duplicate and is not sent. A replayed id whose claim is
-still there was in flight when the job died: the provider may or may not have it, and no
+A replayed id whose marker is ``1`` is a duplicate and is not sent. A replayed id whose claim is
+still ``0`` was in flight when the job died: the provider may or may not have it, and no
 provider offers a way to ask. Herald re-sends it (a lost OTP is worse than a second one) and
 says so in the status detail. That is the crash window left: at most the calls in flight at the
 moment of the crash, and it is measured by the kill test.
 
 Both steps are one Lua script call per batch: the ids travel as arguments of one command, so
 the Python side packs one command instead of one or two per id (the pipelined form cost the
-call stage ≈ 25 µs per notification). The scripts build the key names, so they need one Redis
-(or, on Redis Cluster, every key of a batch in one slot: not done yet).
+call stage ≈ 25 µs per notification), and the claim answers one string of one digit per id.
+One key per id, claimed with ``SET NX GET``, is one write each way: a ``sending`` key beside
+the ``sent`` one doubled the server's work (bench/results/delivery_throughput.md). The scripts
+build the key names, so they need one Redis (or, on Redis Cluster, every key of a batch in one
+slot: not done yet). ``SET ... NX GET`` needs Redis 7.0 or later.
 """
 from __future__ import annotations
 
@@ -24,40 +27,43 @@ from typing import Iterable
 import redis
 
 SENT = "herald:sent:{}"
-SENDING = "herald:sending:{}"
+CLAIMED, DONE = b"0", b"1"  # the marker's values: a call in flight, a call the provider accepted
 
-# ARGV: ttl_ms, id... → per id 1 = sent before, 2 = claimed by an earlier (crashed) call, 0 = ours.
+# ARGV: ttl_ms, id... → one digit per id: 1 = sent before, 2 = claimed by an earlier (crashed)
+# call, 0 = claimed now, ours.
 _CLAIM = """
 local ttl = ARGV[1]
 local out = {}
 for i = 2, #ARGV do
-  local id = ARGV[i]
-  if redis.call('EXISTS', 'herald:sent:' .. id) == 1 then
-    out[i - 1] = 1
-  elseif redis.call('SET', 'herald:sending:' .. id, '1', 'NX', 'PX', ttl) then
-    out[i - 1] = 0
+  local old = redis.call('SET', 'herald:sent:' .. ARGV[i], '0', 'NX', 'PX', ttl, 'GET')
+  if not old then
+    out[i - 1] = '0'
+  elseif old == '1' then
+    out[i - 1] = '1'
   else
-    out[i - 1] = 2
+    out[i - 1] = '2'
   end
 end
-return out
+return table.concat(out)
 """
 
-# ARGV: ttl_ms, n accepted, accepted id..., released id... (claims dropped without a send).
+# ARGV: ttl_ms, n accepted, accepted id..., released id... (claims dropped without a send; a
+# marker that says sent stays: a replay of something delivered is released too).
 _SETTLE = """
 local ttl = ARGV[1]
 local last_accepted = 2 + tonumber(ARGV[2])
 for i = 3, #ARGV do
-  local id = ARGV[i]
+  local key = 'herald:sent:' .. ARGV[i]
   if i <= last_accepted then
-    redis.call('SET', 'herald:sent:' .. id, '1', 'PX', ttl)
+    redis.call('SET', key, '1', 'PX', ttl)
+  elseif redis.call('GET', key) == '0' then
+    redis.call('DEL', key)
   end
-  redis.call('DEL', 'herald:sending:' .. id)
 end
 return #ARGV - 2
 """
 
-SENT_BEFORE, IN_FLIGHT_AT_CRASH = 1, 2
+SENT_BEFORE, IN_FLIGHT_AT_CRASH = ord("1"), ord("2")
 
 
 class SentMarkers:
@@ -79,11 +85,13 @@ class SentMarkers:
             found = self._claim(args=[self.ttl_ms, *ids])
         else:
             found = self._claim_with(lookups, [self.ttl_ms, *ids])
+        if found.count(b"0") == len(ids):  # the usual batch: all fresh
+            return set(), set()
         already = {i for i, f in zip(ids, found) if f == SENT_BEFORE}
         crashed = {i for i, f in zip(ids, found) if f == IN_FLIGHT_AT_CRASH}
         return already, crashed
 
-    def _claim_with(self, lookups, args: list) -> list[int]:
+    def _claim_with(self, lookups, args: list) -> bytes:
         """The claim script in one pipeline with the lookups' reads. EVALSHA is queued by
         hand: redis-py's scripts in a pipeline ask SCRIPT EXISTS first, a round trip each."""
         while True:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import redis
 
-from udfs.markers import SENDING, SENT, SentMarkers
+from udfs.markers import CLAIMED, DONE, SENT, SentMarkers
 
 
 def markers(base_settings) -> tuple[SentMarkers, redis.Redis]:
@@ -15,8 +15,7 @@ def test_fresh_ids_are_claimed_and_nothing_is_reported(stack, base_settings, uni
     m, client = markers(base_settings)
     ids = [f"{unique}-{i}" for i in range(3)]
     assert m.claim(ids) == (set(), set())
-    assert all(client.exists(SENDING.format(i)) for i in ids)
-    assert not any(client.exists(SENT.format(i)) for i in ids)
+    assert all(client.get(SENT.format(i)) == CLAIMED for i in ids)
 
 
 def test_a_claim_left_by_a_crash_is_reported_in_flight(stack, base_settings, unique):
@@ -31,13 +30,16 @@ def test_settle_marks_accepted_sent_and_drops_every_claim(stack, base_settings, 
     accepted, released = [f"{unique}-ok1", f"{unique}-ok2"], [f"{unique}-no"]
     m.claim(accepted + released)
     m.settle(accepted, released)
-    assert all(client.exists(SENT.format(i)) for i in accepted)
+    assert all(client.get(SENT.format(i)) == DONE for i in accepted)
     assert not client.exists(SENT.format(released[0]))
-    assert not any(client.exists(SENDING.format(i)) for i in accepted + released)
     assert 0 < client.pttl(SENT.format(accepted[0])) <= 60_000
     # A replay: the accepted ones are sent before, the released one is claimed afresh.
     assert m.claim(accepted + released) == (set(accepted), set())
-    assert client.exists(SENDING.format(released[0]))
+    assert client.get(SENT.format(released[0])) == CLAIMED
+    # Releasing what was sent before (a replay goes out as released) keeps its marker.
+    m.settle([], accepted + released)
+    assert all(client.get(SENT.format(i)) == DONE for i in accepted)
+    assert not client.exists(SENT.format(released[0]))
 
 
 class CountingRedis(redis.Redis):
@@ -58,7 +60,7 @@ def test_a_large_batch_is_one_command_each_way(stack, base_settings, unique):
     assert m.claim(ids) == (set(), set())
     m.settle(ids[:4_000], ids[4_000:])
     assert client.sent == 2  # one EVALSHA each way
-    assert client.exists(SENT.format(ids[0])) and not client.exists(SENT.format(ids[-1]))
+    assert client.get(SENT.format(ids[0])) == DONE and not client.exists(SENT.format(ids[-1]))
 
 
 def test_a_claim_with_lookups_survives_a_redis_that_lost_its_scripts(stack, base_settings,
@@ -71,5 +73,5 @@ def test_a_claim_with_lookups_survives_a_redis_that_lost_its_scripts(stack, base
     lookups = BatchLookups()
     lookups.want(notification_from_dict(note(unique, "x", f"{unique}-nobody")), user=True)
     assert m.claim([f"{unique}-x"], lookups=lookups) == (set(), set())
-    assert client.exists(SENDING.format(f"{unique}-x"))
+    assert client.get(SENT.format(f"{unique}-x")) == CLAIMED
     assert list(lookups.users.values()) == [None]  # read (the user script loaded too): absent

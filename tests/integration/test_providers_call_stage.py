@@ -119,7 +119,7 @@ def test_a_retryable_answer_is_requeued_with_backoff_and_its_claim_released(mock
         assert before <= not_before <= now_ms() + base_settings.retry_initial_delay_ms
         assert [h["outcome"] for h in task.history] == ["retryable"]
     client = redis_lib.Redis(host=base_settings.redis_host, port=base_settings.redis_port)
-    assert not any(client.exists(f"herald:sending:{n.id}") for n in batch)  # a fresh claim later
+    assert not any(client.exists(f"herald:sent:{n.id}") for n in batch)  # a fresh claim later
     client.close()
 
 
@@ -199,7 +199,7 @@ def test_what_a_round_sent_is_marked_sent_before_the_batch_waits_for_more_tokens
     seen_while_waiting = []
 
     def sleep(seconds):  # the batch blocks for tokens: what would a crash now leave behind?
-        sent = {n.id for n in batch if client.exists(f"herald:sent:{n.id}")}
+        sent = {n.id for n in batch if client.get(f"herald:sent:{n.id}") == b"1"}
         seen_while_waiting.append((sent, {r["herald_id"] for r in fcm.log()}))
         time.sleep(seconds)
     stage.sleep = sleep

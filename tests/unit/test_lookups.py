@@ -47,15 +47,12 @@ class FakeRedis:
             return [[h.get(f) for f in HASH_FIELDS] if (h := self.hashes.get(k)) else None
                     for k in args[2:]]
         if name == "evalsha":  # the claim script
-            found = []
+            found = b""
             for i in args[3:]:  # sha, numkeys, ttl, ids
-                if f"herald:sent:{i}" in self.strings:
-                    found.append(1)
-                elif f"herald:sending:{i}" in self.strings:
-                    found.append(2)
-                else:
-                    self.strings[f"herald:sending:{i}"] = b"1"
-                    found.append(0)
+                old = self.strings.get(f"herald:sent:{i}")
+                if old is None:
+                    self.strings[f"herald:sent:{i}"] = b"0"
+                found += b"0" if old is None else b"1" if old == b"1" else b"2"
             return found
         raise NotImplementedError(name)
 
