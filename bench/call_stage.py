@@ -796,6 +796,9 @@ def job_design_section() -> list[str]:
         if r.get("latency_ms") is None:
             continue
         mode = f"paced {r['rate']:g}/s" if r.get("rate") else f"backlog {r['n'] // 1000}k"
+        if r.get("warmup_records"):
+            mode += (f", measured after {r['warmup_records'] / r['rate']:g} s of warm-up (whole "
+                     f"run p50/p99 {r['whole_run_p50_ms']}/{r['whole_run_p99_ms']} ms)")
         checks = exact_and_order(r)
         L.append(f"| window batches → keyed gate that sends (jobs/delivery.py) | {mode} | "
                  f"{r['latency_ms']} ms | {r['calls_per_s_steady']} calls/s | "
