@@ -175,7 +175,9 @@ def measure(shape: str, n: int, batch: int, timeout_s: float, parallelism: int) 
     settings = base.replace(consumer_group=f"bench-{run}", expansion_rest_port=0,
                             segments_dir=str(work / "segments"),
                             flink_checkpoint_dir=str(work / "checkpoints"),
-                            expansion_batch_size=batch, flink_parallelism=parallelism, **topics)
+                            expansion_batch_size=batch, flink_parallelism=parallelism,
+                            expansion_tick_ms=0,  # the ceiling: unpaced
+                            **topics)
     Stack(base).create_topics(list(settings.topics().values()))
     files = SegmentFiles.from_settings(settings)
     files.write("bench", "warmup", [f"w-{i}" for i in range(WARMUP)], now_ms())

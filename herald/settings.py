@@ -158,8 +158,11 @@ class Settings:
     # Recipients per batch row the Python operator hands to Flink SQL, which expands it.
     expansion_batch_size: int = 10_000
     # Pause between two batches of one campaign (processing-time timers): a campaign is capped at
-    # expansion_batch_size * 1000 / expansion_tick_ms recipients/s; 0 = as fast as the sink takes.
-    expansion_tick_ms: int = 0
+    # expansion_batch_size * 1000 / expansion_tick_ms recipients/s; 0 = as fast as the sink takes
+    # (≈ 300k/s on one core, bench/results/expansion.md). 500 ms: 20k/s, far above what delivery
+    # sends, and the million records land over 50 s instead of 3–4 s of two saturated cores:
+    # critical p99 during a 1M campaign 2.0 s → 1.0 s (bench/results/latency_campaign.md).
+    expansion_tick_ms: int = 500
     # A campaign-level `accepted` progress event at most this often per campaign (plus the last).
     expansion_progress_interval_ms: int = 1_000
     # A finished campaign's state is kept this long past its expiry (a replayed campaign record
