@@ -1,10 +1,11 @@
 """End-to-end delivery: Kafka → the delivery job (every semantic on) → the provider mock.
 
 Two measurements per mock latency, each bounded in count and time:
-* backlog: N notifications already on the topic, the job started; calls/s at the mock (steady:
-  first to last call; total: including Flink's start-up);
+* backlog: N notifications produced flat out (librdkafka) once the job has made its first call;
+  calls/s at the mock (steady: first to last call; total: from the first produce);
 * paced: a producer at a fixed rate while the job runs; added latency = the mock's receive time
-  − the notification's created_at (p50/p95/p99).
+  − the notification's created_at (p50/p95/p99), after a warm-up at the same rate
+  (``--warmup-seconds``), and for the whole run.
 Every run checks at the mock that each id was accepted exactly once.
 
     python bench/delivery_throughput.py [--n 60000] [--latencies 0,10] [--rate 2000]
@@ -89,11 +90,11 @@ def one_run(base, latency_ms: int, n: int, users: int, rate: float | None, timeo
         job_cpu_at_start = tree_cpu_seconds(job.pid)
         stack_at_start = stack_cpu_seconds(settings)
         started = time.monotonic()
-        producer = threading.Thread(target=produce, args=(settings, run, warm_n + n, users, rate))
-        n += warm_n
+        total = warm_n + n
+        producer = threading.Thread(target=produce, args=(settings, run, total, users, rate))
         producer.start()
         try:
-            while mock.stats()["accepted"] < n:
+            while mock.stats()["accepted"] < total:
                 if job.poll() is not None:
                     raise RuntimeError(f"job died, see /tmp/herald-bench-{run}.log")
                 if time.monotonic() - started > timeout_s:
@@ -109,13 +110,15 @@ def one_run(base, latency_ms: int, n: int, users: int, rate: float | None, timeo
         records = mock.records()
     accepted = [r for r in records if r.get("result") == "accepted"]
     times = sorted(r["t_ms"] for r in accepted)
-    lat = [r["t_ms"] - int(r["request"]["data"]["c"]) for r in accepted]
-    warm = [r["t_ms"] - int(r["request"]["data"]["c"]) for r in accepted
-            if int(r["herald_id"].rsplit("-", 1)[1]) >= warm_n]
+    # (index in the run, added latency) per call; the index says whether it was a warm-up record
+    indexed = [(int(r["herald_id"].rsplit("-", 1)[1]), r["t_ms"] - int(r["request"]["data"]["c"]))
+               for r in accepted]
+    lat = [latency for _, latency in indexed]
+    warm = [latency for i, latency in indexed if i >= warm_n]
     steady = (len(times) - 1) / ((times[-1] - times[0]) / 1000) if len(times) > 1 else 0
     return {"mode": "paced" if rate else "backlog", "rate": rate, "latency_ms": latency_ms,
             "load_1m": round(os.getloadavg()[0], 2),
-            "n": n, "users": users, "accepted": len(accepted),
+            "n": total, "users": users, "accepted": len(accepted),
             "calls_per_s_total": round(len(accepted) / elapsed),
             "calls_per_s_steady": round(steady), "elapsed_s": round(elapsed, 1),
             "job_cpu_s": round(job_cpu, 1), "mock_cpu_s": round(mock_cpu, 1),
@@ -125,7 +128,7 @@ def one_run(base, latency_ms: int, n: int, users: int, rate: float | None, timeo
             "p99_ms": percentile(warm, 0.99), "warmup_records": warm_n,
             "whole_run_p50_ms": percentile(lat, 0.50), "whole_run_p99_ms": percentile(lat, 0.99),
             "per_user_order": per_user_order_ok(records),
-            **exactness(records, n)}
+            **exactness(records, total)}
 
 
 def null_run(base, n: int, users: int, timeout_s: float) -> dict:

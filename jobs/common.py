@@ -80,7 +80,7 @@ def make_environments(settings: Settings, job_name: str, *, restore_from: str | 
         conf.set_string("execution.state-recovery.path", restore_from)
     conf.set_string("execution.buffer-timeout", "5 ms")
     if settings.flink_buffer_debloat_target_ms:
-        # The windows emit one small row per partition every few ms; with full-size network
+        # The windows emit one small row per lane every window; with full-size network
         # buffers hundreds of them queue in front of a gate that needs a provider round trip
         # per batch (seconds of latency at a few hundred notifications/s). Debloated buffers
         # hold ≈ this much time of data, so backpressure reaches the window at once and its

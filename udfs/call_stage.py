@@ -177,15 +177,13 @@ class BatchCalls:
             elif self._prepare(task, lookups, at, out):
                 waiting.append(task)
         self.rates.refresh()
-        first = True
         while waiting:
-            if not first:
-                waiting = self._drop_cancelled(waiting, out)
-            first = False
             accepted: list[str] = []
             waiting = self._round(waiting, in_flight_at_crash, accepted, out)
             self.markers.settle(accepted, self._released)
             self._released = []
+            if waiting:
+                waiting = self._drop_cancelled(waiting, out)
         if self._released:
             self.markers.settle((), self._released)
         return out
