@@ -85,6 +85,9 @@ class Settings:
     promo_thread_nice: int = 10
     # The Python interpreter's GIL switch interval in the job's operators (0: Python's 5 ms).
     python_switch_interval_ms: float = 0.5
+    # Promotional operators wait while a critical batch is in the same interpreter, this long
+    # at most per step (0: they never wait; operators/threads.py).
+    promo_yield_max_ms: float = 200.0
     provider_timeout_s: float = 10.0
     provider_max_in_flight: int = 256
     # "http" calls the providers; "null" answers every call at once in-process (benchmarks of

@@ -19,7 +19,7 @@ from herald.models import dead_letter
 from herald.settings import Settings
 from operators.metrics import OperatorMetrics
 from operators.rows import DLQ_TAG, ORDER_DIGITS, keyed_payload, stage_rows
-from operators.threads import run_at_class_priority
+from operators.threads import class_turns, run_at_class_priority
 
 
 class CallBatchFunction(ProcessFunction):
@@ -28,11 +28,13 @@ class CallBatchFunction(ProcessFunction):
         self.priority = priority
         self.calls = None
         self.metrics = None
+        self.turn = self.pause = None
 
     def open(self, runtime_context: RuntimeContext):
         from udfs.call_stage import make_call_stage
         run_at_class_priority(self.settings, self.priority)
-        self.calls = make_call_stage(self.settings, self.priority)
+        self.turn, self.pause = class_turns(self.settings, self.priority)
+        self.calls = make_call_stage(self.settings, self.priority, pause=self.pause)
         self.metrics = OperatorMetrics(runtime_context, self.priority)
 
     def close(self):
@@ -40,6 +42,10 @@ class CallBatchFunction(ProcessFunction):
             self.calls.close()
 
     def process_element(self, row, ctx: ProcessFunction.Context):
+        with self.turn():
+            yield from self._batch(row)
+
+    def _batch(self, row):
         from udfs.requeue import task_from_payload
         tasks = []
         for payload in sorted(row.batch):
@@ -49,4 +55,4 @@ class CallBatchFunction(ProcessFunction):
                 yield DLQ_TAG, keyed_payload("(call stage)", dead_letter(
                     payload[ORDER_DIGITS:], str(exc), states.STAGE_DELIVERY,
                     time.time_ns() // 1_000_000))
-        yield from stage_rows(self.calls.send_all(tasks), self.metrics)
+        yield from stage_rows(self.calls.send_all(tasks), self.metrics, self.pause)

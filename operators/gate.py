@@ -50,7 +50,7 @@ from operators.lanes import log_order
 from operators.metrics import OperatorMetrics
 from operators.rows import DLQ_TAG, STATUS_TAG, keyed_payload, stage_rows
 from operators.state import sweep, ttl_config
-from operators.threads import run_at_class_priority
+from operators.threads import class_turns, run_at_class_priority
 
 SWEEP = "\x00sweep"  # the lane's next state sweep, kept among the users' deadlines
 
@@ -72,6 +72,7 @@ class GateFunction(KeyedProcessFunction):
         self.cache: dict[tuple[int, str], object] = {}
         self.calls = None
         self.metrics = None
+        self.turn = self.pause = None  # operators/threads.py: critical first in the interpreter
         self.drops = Counter()  # this batch's drops by reason, and dead letters: for metrics
 
     def open(self, runtime_context: RuntimeContext):
@@ -85,14 +86,23 @@ class GateFunction(KeyedProcessFunction):
             ValueStateDescriptor("deadlines", Types.PICKLED_BYTE_ARRAY()))
         self.metrics = OperatorMetrics(runtime_context, self.priority)
         run_at_class_priority(s, self.priority)
+        self.turn, self.pause = class_turns(s, self.priority)
         from udfs.call_stage import make_call_stage
-        self.calls = make_call_stage(s, self.priority)
+        self.calls = make_call_stage(s, self.priority, pause=self.pause)
 
     def close(self):
         if self.calls is not None:
             self.calls.close()
 
     def process_element(self, row, ctx: KeyedProcessFunction.Context):
+        with self.turn():
+            yield from self._batch(row, ctx)
+
+    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+        with self.turn():
+            yield from self._due(ctx)
+
+    def _batch(self, row, ctx):
         at = now_ms()
         records = sorted(orjson.loads(row.batch), key=log_order)
         touched: dict[str, object] = {}
@@ -101,7 +111,9 @@ class GateFunction(KeyedProcessFunction):
         deadlines.setdefault(SWEEP, at + self.settings.state_sweep_interval_ms)
         shard = ctx.get_current_key()  # the lane key (row.shard is the lane index)
         out: list = []
+        pause = self.pause
         for record in records:
+            pause()
             raw = record["v"]
             try:
                 n = parse_notification(raw, expected_priority=self.priority,
@@ -121,7 +133,7 @@ class GateFunction(KeyedProcessFunction):
         self._store(shard, touched)
         yield from self._finish(out, deadlines, before, ctx)
 
-    def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext):
+    def _due(self, ctx):
         at = now_ms()
         shard = ctx.get_current_key()
         deadlines = self.deadlines.value() or {}
@@ -197,9 +209,10 @@ class GateFunction(KeyedProcessFunction):
             if tag is None:
                 released.append(value)
             else:
+                self.pause()
                 yield tag, value
         if released:
-            yield from stage_rows(self.calls.send_all(released), self.metrics)
+            yield from stage_rows(self.calls.send_all(released), self.metrics, self.pause)
         self.deadlines.update(deadlines)
         after = min(deadlines.values(), default=None)
         timers = ctx.timer_service()

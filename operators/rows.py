@@ -1,8 +1,12 @@
 """Row types that cross between Python operators and the Java (SQL) parts of a job."""
 from __future__ import annotations
 
+import itertools
+
 from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag
+
+from operators.threads import no_pause
 
 # (id, payload): the Kafka key and the JSON value of a status or dead-letter record.
 KEYED_PAYLOAD = Types.ROW_NAMED(["id", "payload"], [Types.STRING(), Types.STRING()])
@@ -20,14 +24,16 @@ def keyed_payload(key: str, payload: bytes) -> Row:
     return Row(key, payload.decode("utf-8"))
 
 
-def stage_rows(out, metrics):
+def stage_rows(out, metrics, pause=no_pause):
     """A call-stage batch's output (udfs.call_stage.StageOutput) as the operators emit it:
     status events on the main output, retry records and dead letters on their side outputs;
-    its counts go to the operator's metrics (operators.metrics) once per batch."""
+    its counts go to the operator's metrics (operators.metrics) once per batch. ``pause`` is
+    called before each row (a promotional operator steps aside there: operators/threads.py)."""
     metrics.add(*out.metric_counts())
-    for status in out.statuses:
-        yield keyed_payload(status.id, status.to_json())
-    for user_id, record in out.retries:
-        yield RETRY_TAG, keyed_payload(user_id, record)
-    for key, record in out.dead:
-        yield DLQ_TAG, keyed_payload(key, record)
+    rows = itertools.chain(
+        (keyed_payload(status.id, status.to_json()) for status in out.statuses),
+        ((RETRY_TAG, keyed_payload(user_id, record)) for user_id, record in out.retries),
+        ((DLQ_TAG, keyed_payload(key, record)) for key, record in out.dead))
+    for row in rows:
+        pause()
+        yield row

@@ -117,7 +117,7 @@ class BatchCalls:
     """Send a batch of notifications (in per-user order); report what became of each."""
 
     def __init__(self, settings: Settings, priority: str = states.CRITICAL,
-                 registry: Registry | None = None, *, sleep=time.sleep):
+                 registry: Registry | None = None, *, sleep=time.sleep, pause=None):
         s = settings
         self.settings = settings
         self.critical = priority == states.CRITICAL
@@ -135,6 +135,9 @@ class BatchCalls:
                                         cool_down_ms=s.breaker_cool_down_ms)
         self.templates = TemplateCache(s.template_cache_entries)
         self.sleep = sleep
+        # Called between steps of a batch; a promotional stage waits there while critical work
+        # runs in the same interpreter (operators/threads.py).
+        self.pause = pause or (lambda: 0.0)
         self.waited_ms = 0  # time spent waiting for tokens (backpressure), for tests and metrics
         self._released: list[str] = []  # ids whose claim goes at the end of this round
 
@@ -160,6 +163,7 @@ class BatchCalls:
                 tasks.append(task)
         lookups = BatchLookups()
         s = self.settings
+        self.pause()
         for task in tasks:
             lookups.want(task.n, user=preferences.needs_user(
                 task.n, critical_opt_outs=s.critical_honours_opt_outs,
@@ -169,6 +173,7 @@ class BatchCalls:
         self._released = [t.n.id for t in tasks if t.n.id in sent_before]
         waiting = []
         for task in tasks:
+            self.pause()
             if task.n.id in sent_before:
                 # A replay after a restore (or a redrive of something delivered): the provider
                 # has it, and the status that said so may have died with the crash.
@@ -178,6 +183,7 @@ class BatchCalls:
                 waiting.append(task)
         self.rates.refresh()
         while waiting:
+            self.pause()
             accepted: list[str] = []
             waiting = self._round(waiting, in_flight_at_crash, accepted, out)
             self.markers.settle(accepted, self._released)
@@ -502,5 +508,6 @@ class BatchCalls:
                                       attempt=task.attempt, detail=detail))
 
 
-def make_call_stage(settings: Settings, priority: str = states.CRITICAL) -> BatchCalls:
-    return BatchCalls(settings, priority)
+def make_call_stage(settings: Settings, priority: str = states.CRITICAL, *,
+                    pause=None) -> BatchCalls:
+    return BatchCalls(settings, priority, pause=pause)

@@ -2,10 +2,11 @@
 import os
 import sys
 import threading
+import time
 
 from herald import states
 from herald.settings import Settings
-from operators.threads import run_at_class_priority
+from operators.threads import CRITICAL_FIRST, CriticalFirst, class_turns, run_at_class_priority
 
 
 def in_a_thread(settings: Settings, priority: str) -> tuple[int, int]:
@@ -59,3 +60,76 @@ def test_a_niced_job_process_passes_its_priority_to_what_it_starts():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True, cwd=root).stdout.split()
     assert out == [str(max(before, 6))] * 2
+
+
+# Critical first in one interpreter: promotional steps wait while a critical batch is under way.
+
+def until(predicate, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
+def test_without_critical_work_a_promotional_step_does_not_wait():
+    first = CriticalFirst(max_wait_ms=10_000)
+    assert first.step_aside() == 0.0
+    assert first.waited_ms == 0.0
+
+
+def test_a_promotional_step_waits_until_the_critical_batch_is_done():
+    first = CriticalFirst(max_wait_ms=60_000)
+    events: list[str] = []
+    promo = threading.Thread(target=lambda: (first.step_aside(), events.append("promo")))
+    with first.critical():
+        promo.start()
+        until(lambda: first.waiting == 1)  # blocked inside step_aside, critical still under way
+        events.append("critical done")
+    promo.join()
+    assert events == ["critical done", "promo"]
+    assert first.waited_ms > 0 and first.waiting == 0
+
+
+def test_overlapping_critical_batches_keep_promotional_work_waiting_until_the_last_ends():
+    first = CriticalFirst(max_wait_ms=60_000)
+    events: list[str] = []
+    promo = threading.Thread(target=lambda: (first.step_aside(), events.append("promo")))
+    outer = first.critical()
+    outer.__enter__()
+    with first.critical():
+        promo.start()
+        until(lambda: first.waiting == 1)
+    events.append("one of two done")
+    assert first.waiting == 1 and promo.is_alive()
+    events.append("both done")
+    outer.__exit__(None, None, None)
+    promo.join()
+    assert events == ["one of two done", "both done", "promo"]
+
+
+def test_a_promotional_step_waits_no_longer_than_its_bound():
+    first = CriticalFirst(max_wait_ms=50)
+    with first.critical():  # never ends while the step waits
+        waited = first.step_aside()
+    assert waited >= 50
+    assert first.waiting == 0
+
+
+def test_zero_bound_means_promotional_work_never_waits():
+    first = CriticalFirst(max_wait_ms=0)
+    with first.critical():
+        assert first.step_aside() == 0.0
+
+
+def test_class_turns_critical_marks_its_batches_promotional_steps_aside():
+    settings = Settings(promo_yield_max_ms=123)
+    turn, pause = class_turns(settings, states.CRITICAL)
+    assert pause() == 0.0
+    with turn():
+        assert CRITICAL_FIRST._active == 1
+    assert CRITICAL_FIRST._active == 0
+    turn, pause = class_turns(settings, states.PROMOTIONAL)
+    assert CRITICAL_FIRST.max_wait_ms == 123
+    with turn():
+        assert CRITICAL_FIRST._active == 0
+    assert pause == CRITICAL_FIRST.step_aside
