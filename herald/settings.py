@@ -50,7 +50,7 @@ class Settings:
     # long, catches re-sends after a restore from a checkpoint).
     dedup_ttl_ms: int = 86_400_000
     max_id_length: int = 256
-    # The gate keeps this many users' states unpickled between batches (a read cache in front
+    # The gate keeps this many users' (pickled) states between batches (a read cache in front
     # of keyed state; every change is still written through), and sweeps each partition's
     # state this often so idle users' expired state leaves memory.
     gate_cache_users: int = 200_000

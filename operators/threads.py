@@ -22,9 +22,17 @@ while a critical operator is inside a batch, the promotional ones wait at their 
 next record, output row or round of calls) until it is done, or `promo_yield_max_ms` at most, so
 a promotional batch always moves on and its checkpoints are never held for long. Critical work
 then has the interpreter to itself; a campaign uses what critical leaves.
+
+And the cycle collector stops the whole interpreter for its full collections, in proportion to
+the objects it tracks: ≈ 150k right after the operators' imports (modules, classes, functions),
+0.1–0.15 s per collection on a busy machine. Each operator's `open` moves what exists then into
+the collector's permanent generation (`gc.freeze`), so later collections walk only what the job
+made since (a frozen object still goes when its last reference does; only a reference cycle
+among frozen objects would stay).
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -40,9 +48,11 @@ log = logging.getLogger(__name__)
 
 def run_at_class_priority(settings: Settings, priority: str) -> int:
     """Nice the calling (operator) thread if its class is promotional; the niceness in effect
-    (0 for a class that is not lowered). Sets the interpreter's GIL switch interval too."""
+    (0 for a class that is not lowered). Sets the interpreter's GIL switch interval and
+    freezes what it holds so far out of the cycle collector's way, too."""
     if settings.python_switch_interval_ms > 0:
         sys.setswitchinterval(settings.python_switch_interval_ms / 1000)
+    gc.freeze()
     if priority != states.PROMOTIONAL or settings.promo_thread_nice <= 0:
         return 0
     return lower_priority(settings.promo_thread_nice)

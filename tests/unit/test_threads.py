@@ -133,3 +133,13 @@ def test_class_turns_critical_marks_its_batches_promotional_steps_aside():
     with turn():
         assert CRITICAL_FIRST._active == 0
     assert pause == CRITICAL_FIRST.step_aside
+
+
+def test_an_operator_thread_freezes_what_the_interpreter_holds_out_of_the_cycle_collector():
+    import gc
+    gc.unfreeze()
+    try:
+        in_a_thread(Settings(), states.CRITICAL)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
