@@ -48,7 +48,8 @@ def job_settings(settings: Settings) -> tuple[str, Settings]:
 
 
 def build_pipeline(env, t_env, settings: Settings) -> None:
-    """Wire both classes; sources and sinks are the tables in sql/kafka_tables.sql."""
+    """Wire both classes; sources and sinks are the tables in sql/kafka_tables.sql and, per
+    class, sql/class_sinks.sql."""
     from pyflink.common import Types
     from operators.calls import CallBatchFunction
     from operators.control import KINDS as CONTROL_KINDS
@@ -70,6 +71,7 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
     # One chain per class, each in its own slot sharing group: a campaign's backlog backs up
     # its own chain and never the critical one.
     for table, retry, priority, window_ms in classes:
+        register_tables(t_env, "class_sinks.sql", settings, cls=priority)
         window_s = f"{window_ms / 1000:.3f}"
         batches = t_env.sql_query(sql_statements("batches.sql", settings, table=table,
                                                  window_s=window_s, lanes=str(lanes))[0])
@@ -94,12 +96,14 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
                    .name(f"call-{priority}").uid(f"call-{priority}")
                    .slot_sharing_group(priority))
         # One conversion to the Table API per sink and class: each costs Java CPU per record.
+        # Each class has its own sinks (sql/class_sinks.sql says why).
         for sink, streams in (
-                ("status_out", (gated, gated.get_side_output(STATUS_TAG), retried)),
+                (f"status_out_{priority}", (gated, gated.get_side_output(STATUS_TAG), retried)),
                 (f"{retry}_out", (gated.get_side_output(RETRY_TAG),
                                   retried.get_side_output(RETRY_TAG))),
-                ("dlq_out", (gated.get_side_output(DLQ_TAG), waited.get_side_output(DLQ_TAG),
-                             retried.get_side_output(DLQ_TAG)))):
+                (f"dlq_out_{priority}", (gated.get_side_output(DLQ_TAG),
+                                         waited.get_side_output(DLQ_TAG),
+                                         retried.get_side_output(DLQ_TAG)))):
             statements.add_insert(sink, t_env.from_data_stream(streams[0].union(*streams[1:])))
     # Quota changes and campaign cancels from herald.control go into Redis, where every call
     # stage reads them (operators/control.py says why there and not in broadcast state). One
@@ -113,7 +117,7 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
     rejected = (t_env.to_data_stream(control)
                 .process(ApplyControlFunction(settings), output_type=KEYED_PAYLOAD)
                 .name("apply-control").uid("apply-quota").set_parallelism(1))
-    statements.add_insert("dlq_out", t_env.from_data_stream(rejected))
+    statements.add_insert(f"dlq_out_{states.CRITICAL}", t_env.from_data_stream(rejected))
     statements.attach_as_datastream()
 
 

@@ -55,34 +55,6 @@ CREATE TABLE promo_in (
   'value.fields-include' = 'EXCEPT_KEY'
 );
 
-CREATE TABLE status_out (
-  id STRING,
-  payload STRING
-) WITH (
-  'connector' = 'kafka',
-  'topic' = '${topic_status}',
-  'properties.bootstrap.servers' = '${kafka_bootstrap}',
-  'sink.delivery-guarantee' = 'at-least-once',
-  'key.format' = 'raw',
-  'key.fields' = 'id',
-  'value.format' = 'raw',
-  'value.fields-include' = 'EXCEPT_KEY'
-);
-
-CREATE TABLE dlq_out (
-  id STRING,
-  payload STRING
-) WITH (
-  'connector' = 'kafka',
-  'topic' = '${topic_dlq}',
-  'properties.bootstrap.servers' = '${kafka_bootstrap}',
-  'sink.delivery-guarantee' = 'at-least-once',
-  'key.format' = 'raw',
-  'key.fields' = 'id',
-  'value.format' = 'raw',
-  'value.fields-include' = 'EXCEPT_KEY'
-);
-
 -- Retries (issue 4): the call stage re-queues a notification on its class's retry topic
 -- (key: user_id; value: the notification plus channel, attempt, not_before and the attempt
 -- history, see udfs/requeue.py), and the same job reads it back into that class's call stage.
