@@ -77,25 +77,29 @@ class CriticalFirst:
 
     `critical()` brackets a critical operator's batch; `step_aside()` is called by promotional
     operators before each step. Without critical work it costs one attribute read (≈ 0.1 µs
-    against tens of µs of work per record).
+    against tens of µs of work per record). A batch under way for longer than `stale_after_s`
+    no longer counts: a batch abandoned by a failing task (its generator never closed, in an
+    interpreter that outlives the task's restart) must not slow promotional work for good.
     """
 
-    def __init__(self, max_wait_ms: float = 200.0):
+    def __init__(self, max_wait_ms: float = 200.0, stale_after_s: float = 30.0):
         self.max_wait_ms = max_wait_ms
-        self._active = 0
+        self.stale_after_s = stale_after_s
+        self._active: dict[object, float] = {}  # batch under way → when it started (monotonic)
         self._idle = threading.Condition()
         self.waiting = 0  # promotional steps waiting now
         self.waited_ms = 0.0  # promotional time spent waiting, in this interpreter
 
     @contextmanager
     def critical(self):
+        batch = object()
         with self._idle:
-            self._active += 1
+            self._active[batch] = time.monotonic()
         try:
             yield
         finally:
             with self._idle:
-                self._active -= 1
+                del self._active[batch]
                 if not self._active:
                     self._idle.notify_all()
 
@@ -104,10 +108,16 @@ class CriticalFirst:
         if not self._active or self.max_wait_ms <= 0:
             return 0.0
         started = time.monotonic()
+        deadline = started + self.max_wait_ms / 1000
         with self._idle:
             self.waiting += 1
             try:
-                self._idle.wait_for(lambda: not self._active, self.max_wait_ms / 1000)
+                while self._active:
+                    now = time.monotonic()
+                    stale_at = max(self._active.values()) + self.stale_after_s
+                    if now >= min(deadline, stale_at):
+                        break
+                    self._idle.wait(min(deadline, stale_at) - now)
             finally:
                 self.waiting -= 1
         waited = (time.monotonic() - started) * 1000

@@ -115,6 +115,16 @@ def test_a_promotional_step_waits_no_longer_than_its_bound():
     assert first.waiting == 0
 
 
+def test_a_batch_abandoned_under_way_stops_holding_promotional_work_once_stale():
+    first = CriticalFirst(max_wait_ms=60_000, stale_after_s=0.05)
+    abandoned = first.critical()
+    abandoned.__enter__()  # never exited: a task failed with its batch's generator open
+    started = time.monotonic()
+    first.step_aside()
+    assert time.monotonic() - started < 30  # released by staleness, far before max_wait_ms
+    assert first.waiting == 0
+
+
 def test_zero_bound_means_promotional_work_never_waits():
     first = CriticalFirst(max_wait_ms=0)
     with first.critical():
@@ -126,12 +136,12 @@ def test_class_turns_critical_marks_its_batches_promotional_steps_aside():
     turn, pause = class_turns(settings, states.CRITICAL)
     assert pause() == 0.0
     with turn():
-        assert CRITICAL_FIRST._active == 1
-    assert CRITICAL_FIRST._active == 0
+        assert len(CRITICAL_FIRST._active) == 1
+    assert not CRITICAL_FIRST._active
     turn, pause = class_turns(settings, states.PROMOTIONAL)
     assert CRITICAL_FIRST.max_wait_ms == 123
     with turn():
-        assert CRITICAL_FIRST._active == 0
+        assert not CRITICAL_FIRST._active
     assert pause == CRITICAL_FIRST.step_aside
 
 
