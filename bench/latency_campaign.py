@@ -10,9 +10,9 @@ for a 1,000,000-user segment (written as herald_cli/bench/expansion.py write seg
 Measured: critical latency = mock receive time − created_at (p50/p95/p99, alone vs during the
 campaign, and per 1 s bucket for the plot); the campaign's progress (promo records on the topic
 per second) and the promo chain's rate (promo records the delivery job finished per second,
-read from the end offsets of its dead-letter topic: expanded promos carry no contacts and
-Herald does not look users up yet, so each ends as one dead letter after the push → email
-fallback, without a provider call); the CPU of each job and of the whole machine; the delivery
+read from the end offsets of its dead-letter topic: the segment's members have no user
+records here, so the delivery side's lookup finds no contacts and each ends as one dead letter
+after the push → email fallback, without a provider call); the CPU of each job and of the whole machine; the delivery
 job's busiest operators (Flink busy/backpressure metrics) during the campaign.
 ``--promo-source loadgen`` replaces the campaign by 1M promotional notifications with an email
 address produced straight onto the promo topic, so the promo chain makes real calls (to a
@@ -410,8 +410,8 @@ def write(runs: list[dict], at_start: dict, name: str = "latency_campaign") -> N
         "What bounds it:", ""] + [f"- {bound(r)}" for r in runs]
     if not direct:
         lines += ["", "Promo 'handled' counts the promotional notifications the delivery job"
-                  " finished: expanded recipients carry no contacts and the delivery side does"
-                  " not look users up yet (README, 'Not yet on the delivery side'), so each goes"
+                  " finished: the bench writes the segment's members but no user records, so"
+                  " the delivery side's user lookup finds no contacts and each goes"
                   " push → email fallback → one dead letter, with its Redis claim and status"
                   " events but no provider call. The promo chain still competes for the same"
                   " CPU, Kafka and Redis; with contact lookups it would also make HTTP calls"
