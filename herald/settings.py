@@ -96,7 +96,8 @@ class Settings:
 
     # Which classes this delivery job runs ("critical,promotional": both, the default). Run one
     # job per class on a shared machine so each has its own JVM and Python interpreter; the
-    # promotional-only job then runs at `promo_job_nice` as a whole (jobs/delivery.py says why).
+    # promotional-only job then runs at `promo_job_nice` as a whole (jobs/delivery.py says why),
+    # and so does the expansion job, always.
     delivery_classes: str = "critical,promotional"
     promo_job_nice: int = 10
     promo_job_rest_port: int = 8084  # the promotional-only job's MiniCluster dashboard

@@ -49,7 +49,7 @@ def job_settings(settings: Settings) -> tuple[str, Settings]:
 
 def build_pipeline(env, t_env, settings: Settings) -> None:
     """Wire both classes; sources and sinks are the tables in sql/kafka_tables.sql and, per
-    class, sql/class_sinks.sql."""
+    class, sql/class_sink.sql."""
     from pyflink.common import Types
     from operators.calls import CallBatchFunction
     from operators.control import KINDS as CONTROL_KINDS
@@ -71,7 +71,9 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
     # One chain per class, each in its own slot sharing group: a campaign's backlog backs up
     # its own chain and never the critical one.
     for table, retry, priority, window_ms in classes:
-        register_tables(t_env, "class_sinks.sql", settings, cls=priority)
+        for sink, topic in (("status_out", settings.topic_status), ("dlq_out", settings.topic_dlq)):
+            register_tables(t_env, "class_sink.sql", settings, sink=f"{sink}_{priority}",
+                            topic=topic)
         window_s = f"{window_ms / 1000:.3f}"
         batches = t_env.sql_query(sql_statements("batches.sql", settings, table=table,
                                                  window_s=window_s, lanes=str(lanes))[0])
@@ -96,7 +98,7 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
                    .name(f"call-{priority}").uid(f"call-{priority}")
                    .slot_sharing_group(priority))
         # One conversion to the Table API per sink and class: each costs Java CPU per record.
-        # Each class has its own sinks (sql/class_sinks.sql says why).
+        # Each class has its own sinks (sql/class_sink.sql says why).
         for sink, streams in (
                 (f"status_out_{priority}", (gated, gated.get_side_output(STATUS_TAG), retried)),
                 (f"{retry}_out", (gated.get_side_output(RETRY_TAG),

@@ -85,7 +85,12 @@ def build_pipeline(env, t_env, settings: Settings, tables: Tables = Tables()) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_job(JOB_NAME, build_pipeline, job_settings(load_settings()), argv, __doc__.splitlines()[0])
+    settings = job_settings(load_settings())
+    # All of it is promotional work: where it shares a machine with critical delivery (the
+    # embedded default), it runs below it for the CPU; the MiniCluster's JVM inherits this.
+    from operators.threads import lower_priority
+    lower_priority(settings.promo_job_nice)
+    run_job(JOB_NAME, build_pipeline, settings, argv, __doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ test runs its own job, kills it with -9 mid-expansion and restores it from its c
 """
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections import Counter
@@ -180,6 +181,11 @@ def test_a_segment_campaign_becomes_one_notification_per_user(scenario_settings,
     assert {e["state"] for e in events} == {"accepted"}
     assert events[-1]["expanded"] == events[-1]["total"] == len(users)
     assert [e["at"] for e in events] == sorted({e["at"] for e in events})
+
+
+def test_the_expansion_job_runs_below_critical_delivery_for_the_cpu(scenario_settings, job):
+    # all of its work is promotional; its JVM inherits the client thread's niceness
+    assert os.getpriority(os.PRIO_PROCESS, job.proc.pid) >= scenario_settings.promo_job_nice > 0
 
 
 def test_an_inline_audience_is_expanded_too(scenario_settings, job, unique):

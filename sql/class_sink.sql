@@ -2,28 +2,15 @@
 -- topics): one sink shared by both classes took its checkpoint barrier from both, so while a
 -- promotional barrier waited behind a campaign's backlog the sink stopped reading critical's
 -- input (barrier alignment), and its flush at each checkpoint waited for the campaign's
--- records too. ${cls} is the class (jobs/delivery.py registers this file once per class).
+-- records too. jobs/delivery.py registers this table once per class and topic:
+-- ${sink} is e.g. status_out_critical, ${topic} the topic it writes.
 
-CREATE TABLE status_out_${cls} (
+CREATE TABLE ${sink} (
   id STRING,
   payload STRING
 ) WITH (
   'connector' = 'kafka',
-  'topic' = '${topic_status}',
-  'properties.bootstrap.servers' = '${kafka_bootstrap}',
-  'sink.delivery-guarantee' = 'at-least-once',
-  'key.format' = 'raw',
-  'key.fields' = 'id',
-  'value.format' = 'raw',
-  'value.fields-include' = 'EXCEPT_KEY'
-);
-
-CREATE TABLE dlq_out_${cls} (
-  id STRING,
-  payload STRING
-) WITH (
-  'connector' = 'kafka',
-  'topic' = '${topic_dlq}',
+  'topic' = '${topic}',
   'properties.bootstrap.servers' = '${kafka_bootstrap}',
   'sink.delivery-guarantee' = 'at-least-once',
   'key.format' = 'raw',
