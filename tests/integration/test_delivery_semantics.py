@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 import time
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -139,9 +140,13 @@ def test_a_killed_job_restored_from_its_checkpoint_sends_every_id_once(settings,
     produce_notes(settings, notes)
 
     first = RunningJob("jobs.delivery", settings, tmp_path)
+    checkpoints = Path(settings.flink_checkpoint_dir)
     try:
         deadline = time.monotonic() + 180
-        while fcm.stats()["accepted"] < total // 4:  # mid-run, by the provider's own count
+        # mid-run by the provider's own count, and with a checkpoint to restore from (a fast
+        # first batch can pass the quarter before the first checkpoint completes)
+        while (fcm.stats()["accepted"] < total // 4
+               or not list(checkpoints.glob("*/chk-*/_metadata"))):
             first.check_alive()
             assert time.monotonic() < deadline, "the first run never got a quarter through"
             time.sleep(0.05)
