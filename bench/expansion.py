@@ -53,8 +53,8 @@ def run_per_record_job() -> None:
     from pyflink.common import Row, Types
     from herald.campaigns import recipient_json
     from herald.settings import load_settings
-    from jobs.common import make_environments, register_tables
-    from jobs.expansion import JOB_NAME, TRANSACTION_TIMEOUT_MS, job_settings
+    from jobs.common import make_environments
+    from jobs.expansion import JOB_NAME, job_settings, register_expansion_tables
     from operators.expansion import ExpandFunction
     from operators.rows import DLQ_TAG, KEYED_PAYLOAD, STATUS_TAG
 
@@ -70,9 +70,7 @@ def run_per_record_job() -> None:
 
     settings = job_settings(load_settings())
     env, t_env = make_environments(settings, JOB_NAME + "-per-record")
-    register_tables(t_env, "expansion_tables.sql", settings,
-                    transactional_id_prefix=f"{settings.consumer_group}-expansion",
-                    transaction_timeout_ms=str(TRANSACTION_TIMEOUT_MS))
+    register_expansion_tables(t_env, settings)
     campaigns = t_env.to_data_stream(t_env.sql_query(
         "SELECT COALESCE(JSON_VALUE(v, '$.campaign_id'), k, '') AS ckey, k, v "
         "FROM expansion_campaigns_in"))

@@ -126,6 +126,12 @@ def register_tables(t_env, filename: str, settings: Settings, **extra: str) -> N
         t_env.execute_sql(statement)
 
 
+def register_payload_sinks(t_env, settings: Settings, sinks: dict[str, str]) -> None:
+    """One sql/payload_sink.sql table per name → topic."""
+    for sink, topic in sinks.items():
+        register_tables(t_env, "payload_sink.sql", settings, sink=sink, topic=topic)
+
+
 def run_job(job_name: str, build_pipeline, settings: Settings, argv: list[str] | None = None,
             description: str = "") -> None:
     """A job's main(): `--parallelism N`, `--restore PATH|latest`, build, execute."""

@@ -19,7 +19,8 @@ if __package__ in (None, ""):  # `flink run -py jobs/delivery.py` runs this file
 
 from herald import states
 from herald.settings import Settings, load_settings
-from jobs.common import checkpoint_dir, register_tables, run_job, sql_statements
+from jobs.common import (checkpoint_dir, register_payload_sinks, register_tables, run_job,
+                         sql_statements)
 
 CLASSES = (states.CRITICAL, states.PROMOTIONAL)
 
@@ -48,8 +49,8 @@ def job_settings(settings: Settings) -> tuple[str, Settings]:
 
 
 def build_pipeline(env, t_env, settings: Settings) -> None:
-    """Wire both classes; sources and sinks are the tables in sql/kafka_tables.sql and, per
-    class, sql/class_sink.sql."""
+    """Wire both classes; the sources are the tables in sql/kafka_tables.sql, the sinks
+    sql/payload_sink.sql's."""
     from pyflink.common import Types
     from operators.calls import CallBatchFunction
     from operators.control import KINDS as CONTROL_KINDS
@@ -65,15 +66,22 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
     keys = lane_keys(lanes, settings.flink_max_parallelism)  # lane → its own subtask's key
     statements = t_env.create_statement_set()
     classes = [c for c in (
-        ("critical_in", "retry_critical", states.CRITICAL, settings.critical_batch_window_ms),
-        ("promo_in", "retry_promo", states.PROMOTIONAL, settings.promo_batch_window_ms))
-        if c[2] in wanted]
+        ("critical_in", "retry_critical", settings.topic_retry_critical, states.CRITICAL,
+         settings.critical_batch_window_ms),
+        ("promo_in", "retry_promo", settings.topic_retry_promo, states.PROMOTIONAL,
+         settings.promo_batch_window_ms))
+        if c[3] in wanted]
     # One chain per class, each in its own slot sharing group: a campaign's backlog backs up
     # its own chain and never the critical one.
-    for table, retry, priority, window_ms in classes:
-        for sink, topic in (("status_out", settings.topic_status), ("dlq_out", settings.topic_dlq)):
-            register_tables(t_env, "class_sink.sql", settings, sink=f"{sink}_{priority}",
-                            topic=topic)
+    for table, retry, retry_topic, priority, window_ms in classes:
+        # Each class has sinks of its own, the two of the shared topics included: one sink for
+        # both classes took its checkpoint barrier from both, so while a promotional barrier
+        # waited behind a campaign's backlog it stopped reading critical's input (barrier
+        # alignment), and its flush at each checkpoint waited for the campaign's records too.
+        register_payload_sinks(t_env, settings, {
+            f"status_out_{priority}": settings.topic_status,
+            f"dlq_out_{priority}": settings.topic_dlq,
+            f"{retry}_out": retry_topic})
         window_s = f"{window_ms / 1000:.3f}"
         batches = t_env.sql_query(sql_statements("batches.sql", settings, table=table,
                                                  window_s=window_s, lanes=str(lanes))[0])
@@ -98,7 +106,6 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
                    .name(f"call-{priority}").uid(f"call-{priority}")
                    .slot_sharing_group(priority))
         # One conversion to the Table API per sink and class: each costs Java CPU per record.
-        # Each class has its own sinks (sql/class_sink.sql says why).
         for sink, streams in (
                 (f"status_out_{priority}", (gated, gated.get_side_output(STATUS_TAG), retried)),
                 (f"{retry}_out", (gated.get_side_output(RETRY_TAG),

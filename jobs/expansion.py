@@ -19,7 +19,8 @@ if __package__ in (None, ""):  # `flink run -py jobs/expansion.py` runs this fil
 from herald.campaigns import CANCEL_CAMPAIGN
 from herald.segments import SEPARATOR
 from herald.settings import Settings, load_settings
-from jobs.common import checkpoint_dir, register_tables, run_job, sql_statements
+from jobs.common import (checkpoint_dir, register_payload_sinks, register_tables, run_job,
+                         sql_statements)
 
 JOB_NAME = "herald-expansion"
 # Kafka transactions of the promo sink stay open for one checkpoint interval; the broker's
@@ -43,10 +44,21 @@ def job_settings(settings: Settings) -> Settings:
                             flink_rest_port=settings.expansion_rest_port)
 
 
+def register_expansion_tables(t_env, settings: Settings) -> None:
+    """The job's default `Tables`: sql/expansion_tables.sql's, and the status and dead-letter
+    sinks."""
+    tables = Tables()
+    register_tables(t_env, "expansion_tables.sql", settings,
+                    transactional_id_prefix=f"{settings.consumer_group}-expansion",
+                    transaction_timeout_ms=str(TRANSACTION_TIMEOUT_MS))
+    register_payload_sinks(t_env, settings, {tables.status: settings.topic_status,
+                                              tables.dlq: settings.topic_dlq})
+
+
 def build_pipeline(env, t_env, settings: Settings, tables: Tables = Tables()) -> None:
     """Kafka tables → keyed expansion operator (Python, per batch) → SQL unnest (Java) → sinks.
 
-    With the default ``tables`` the Kafka tables of sql/expansion_tables.sql are registered;
+    With the default ``tables`` they are registered (`register_expansion_tables`);
     otherwise the caller has created the ones it names.
     """
     from pyflink.common import Types
@@ -57,9 +69,7 @@ def build_pipeline(env, t_env, settings: Settings, tables: Tables = Tables()) ->
     # row's copy re-encodes its batch's whole id string (measured: half the job's CPU).
     env.get_config().enable_object_reuse()
     if tables == Tables():
-        register_tables(t_env, "expansion_tables.sql", settings,
-                        transactional_id_prefix=f"{settings.consumer_group}-expansion",
-                        transaction_timeout_ms=str(TRANSACTION_TIMEOUT_MS))
+        register_expansion_tables(t_env, settings)
     # Only the key (campaign id) and the raw record cross into Python.
     campaigns = t_env.to_data_stream(t_env.sql_query(
         f"SELECT COALESCE(JSON_VALUE(v, '$.campaign_id'), k, '') AS ckey, k, v "

@@ -71,7 +71,6 @@ def lower_priority(nice: int) -> int:
     return os.getpriority(os.PRIO_PROCESS, tid)
 
 
-
 class CriticalFirst:
     """Promotional Python work waits while critical Python work is under way, in one interpreter.
 
@@ -88,7 +87,6 @@ class CriticalFirst:
         self._active: dict[object, float] = {}  # batch under way → when it started (monotonic)
         self._idle = threading.Condition()
         self.waiting = 0  # promotional steps waiting now
-        self.waited_ms = 0.0  # promotional time spent waiting, in this interpreter
 
     @contextmanager
     def critical(self):
@@ -120,9 +118,7 @@ class CriticalFirst:
                     self._idle.wait(min(deadline, stale_at) - now)
             finally:
                 self.waiting -= 1
-        waited = (time.monotonic() - started) * 1000
-        self.waited_ms += waited
-        return waited
+        return (time.monotonic() - started) * 1000
 
 
 CRITICAL_FIRST = CriticalFirst()

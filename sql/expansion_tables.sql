@@ -56,30 +56,4 @@ CREATE TABLE expansion_promo_out (
   'value.fields-include' = 'EXCEPT_KEY'
 );
 
-CREATE TABLE expansion_status_out (
-  id STRING,
-  payload STRING
-) WITH (
-  'connector' = 'kafka',
-  'topic' = '${topic_status}',
-  'properties.bootstrap.servers' = '${kafka_bootstrap}',
-  'sink.delivery-guarantee' = 'at-least-once',
-  'key.format' = 'raw',
-  'key.fields' = 'id',
-  'value.format' = 'raw',
-  'value.fields-include' = 'EXCEPT_KEY'
-);
-
-CREATE TABLE expansion_dlq_out (
-  id STRING,
-  payload STRING
-) WITH (
-  'connector' = 'kafka',
-  'topic' = '${topic_dlq}',
-  'properties.bootstrap.servers' = '${kafka_bootstrap}',
-  'sink.delivery-guarantee' = 'at-least-once',
-  'key.format' = 'raw',
-  'key.fields' = 'id',
-  'value.format' = 'raw',
-  'value.fields-include' = 'EXCEPT_KEY'
-)
+-- expansion_status_out and expansion_dlq_out are sql/payload_sink.sql's (jobs/expansion.py).

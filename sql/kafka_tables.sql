@@ -101,33 +101,7 @@ CREATE TABLE retry_promo_in (
   'value.fields-include' = 'EXCEPT_KEY'
 );
 
-CREATE TABLE retry_critical_out (
-  id STRING,
-  payload STRING
-) WITH (
-  'connector' = 'kafka',
-  'topic' = '${topic_retry_critical}',
-  'properties.bootstrap.servers' = '${kafka_bootstrap}',
-  'sink.delivery-guarantee' = 'at-least-once',
-  'key.format' = 'raw',
-  'key.fields' = 'id',
-  'value.format' = 'raw',
-  'value.fields-include' = 'EXCEPT_KEY'
-);
-
-CREATE TABLE retry_promo_out (
-  id STRING,
-  payload STRING
-) WITH (
-  'connector' = 'kafka',
-  'topic' = '${topic_retry_promo}',
-  'properties.bootstrap.servers' = '${kafka_bootstrap}',
-  'sink.delivery-guarantee' = 'at-least-once',
-  'key.format' = 'raw',
-  'key.fields' = 'id',
-  'value.format' = 'raw',
-  'value.fields-include' = 'EXCEPT_KEY'
-);
+-- The retry topics' sinks (retry_critical_out, retry_promo_out) are sql/payload_sink.sql's.
 
 -- Control records on herald.control the delivery job applies (quota changes, campaign cancels).
 CREATE TABLE control_quota_in (
