@@ -90,6 +90,10 @@ class Settings:
     promo_yield_max_ms: float = 200.0
     provider_timeout_s: float = 10.0
     provider_max_in_flight: int = 256
+    # The gate sends a batch in parts of about this many notifications (a user's all in one
+    # part), each part's calls under way while it decides the next, so the provider's work
+    # and the gate's overlap (0: the whole batch as one part; udfs/call_stage.py).
+    send_part_records: int = 256
     # "http" calls the providers; "null" answers every call at once in-process (benchmarks of
     # the pipeline's own ceiling only: nothing is delivered).
     provider_transport: str = "http"

@@ -104,6 +104,9 @@ class StageOutput:
     retries: list[tuple[str, bytes]] = field(default_factory=list)   # (user_id, record)
     dead: list[tuple[str, bytes]] = field(default_factory=list)      # (id, record)
     throttles: int = 0  # throttling answers in this batch (the calls waited and went again)
+    # Ids whose claim is released at the end of the round: they left the batch without an
+    # accepted call (re-queued, expired, dead-lettered), so a later try is a fresh claim.
+    unclaim: list[str] = field(default_factory=list, repr=False)
 
     def metric_counts(self):
         """(counter increments, provider latencies) of this batch, for the operator's metrics."""
@@ -139,7 +142,6 @@ class BatchCalls:
         # runs in the same interpreter (operators/threads.py).
         self.pause = pause or (lambda: 0.0)
         self.waited_ms = 0  # time spent waiting for tokens (backpressure), for tests and metrics
-        self._released: list[str] = []  # ids whose claim goes at the end of this round
 
     def close(self) -> None:
         self.transport.close()
@@ -148,6 +150,12 @@ class BatchCalls:
     # ---------------------------------------------------------------- the batch
 
     def send_all(self, batch: Sequence[Task | Notification]) -> StageOutput:
+        return self.complete(self.begin(batch))
+
+    def begin(self, batch: Sequence[Task | Notification]) -> "Flight":
+        """Claim, look up and prepare the batch, and start its first round of calls; the
+        provider works on them while the caller goes on (``complete`` waits for them). Batches
+        begun together must not share a user: chains (per-user order) are per batch."""
         out = StageOutput()
         at = clock_ms()
         tasks, ids = [], set()
@@ -170,7 +178,7 @@ class BatchCalls:
                 critical_quiet_hours=not s.quiet_hours_bypass_critical))
         sent_before, in_flight_at_crash = self.markers.claim([t.n.id for t in tasks],
                                                              lookups=lookups)
-        self._released = [t.n.id for t in tasks if t.n.id in sent_before]
+        out.unclaim.extend(t.n.id for t in tasks if t.n.id in sent_before)
         waiting = []
         for task in tasks:
             self.pause()
@@ -182,17 +190,31 @@ class BatchCalls:
             elif self._prepare(task, lookups, at, out):
                 waiting.append(task)
         self.rates.refresh()
-        while waiting:
-            self.pause()
+        first = self._launch(waiting, out) if waiting else None
+        return Flight(out, in_flight_at_crash, first)
+
+    def complete(self, flight: "Flight") -> StageOutput:
+        """Run ``flight``'s rounds until every notification has a fate; settle the claims."""
+        out, step = flight.out, flight.first
+        while step is not None:
             accepted: list[str] = []
-            waiting = self._round(waiting, in_flight_at_crash, accepted, out)
-            self.markers.settle(accepted, self._released)
-            self._released = []
+            waiting = self._land(step, flight.crashed, accepted, out)
+            self.markers.settle(accepted, out.unclaim)
+            out.unclaim = []
             if waiting:
                 waiting = self._drop_cancelled(waiting, out)
-        if self._released:
-            self.markers.settle((), self._released)
+            step = None
+            if waiting:
+                self.pause()
+                step = self._launch(waiting, out)
+        if out.unclaim:
+            self.markers.settle((), out.unclaim)
+            out.unclaim = []
         return out
+
+    def poll(self) -> None:
+        """Let begun batches' answers in and their waiting requests out, without blocking."""
+        self.transport.poll()
 
     # ---------------------------------------------------------------- the user's side
 
@@ -252,7 +274,7 @@ class BatchCalls:
             out.statuses.append(Status.of(task.n, states.OPTED_OUT, now, channel=ch,
                                           attempt=task.attempt, detail=detail))
         if channel is None:
-            self._released.append(task.n.id)
+            out.unclaim.append(task.n.id)
             return False
         if channel != task.channel:
             task.channel, task.attempt = channel, 1
@@ -274,16 +296,15 @@ class BatchCalls:
         return kept
 
     def _cancelled(self, task: Task, now: int, out: StageOutput) -> None:
-        self._released.append(task.n.id)
+        out.unclaim.append(task.n.id)
         out.statuses.append(Status.of(task.n, states.CANCELLED, now, channel=task.channel,
                                       attempt=task.attempt,
                                       detail=f"campaign {task.n.campaign_id!r} was cancelled"))
 
     # ---------------------------------------------------------------- rounds
 
-    def _round(self, waiting: list[Task], crashed: set[str], accepted: list[str],
-               out: StageOutput) -> list[Task]:
-        """One pass over what is left: send what may go now; return what must wait."""
+    def _launch(self, waiting: list[Task], out: StageOutput) -> "Round":
+        """One pass over what is left: start the calls that may go now."""
         now = clock_ms()
         later: list[Task] = []
         ready: list[Task] = []
@@ -328,17 +349,24 @@ class BatchCalls:
                 later.extend(group[grant.granted:])
                 min_wait = grant.wait_ms if min_wait is None else min(min_wait, grant.wait_ms)
         if not go:
-            if later and min_wait is not None:
-                pause = min(max(min_wait, 1) / 1000.0, MAX_WAIT_S)
+            return Round(go, later, None, min_wait)
+        go.sort(key=lambda t: t.order)
+        return Round(go, later, self.transport.start([t.request for t in go],
+                                                     self.settings.provider_max_in_flight,
+                                                     keys=[t.n.user_id for t in go],
+                                                     stop_chain=stops_chain), min_wait)
+
+    def _land(self, step: "Round", crashed: set[str], accepted: list[str],
+              out: StageOutput) -> list[Task]:
+        """Wait for a round's answers and give each call its fate; return what must wait."""
+        go, later = step.go, step.later
+        if step.calls is None:
+            if later and step.min_wait is not None:
+                pause = min(max(step.min_wait, 1) / 1000.0, MAX_WAIT_S)
                 self.sleep(pause)  # backpressure: the operator blocks, nothing is dropped
                 self.waited_ms += int(pause * 1000)
             return self._in_order(later)
-
-        go.sort(key=lambda t: t.order)
-        answers = self.transport.send_batch([t.request for t in go],
-                                            self.settings.provider_max_in_flight,
-                                            keys=[t.n.user_id for t in go],
-                                            stop_chain=stops_chain)
+        answers = self.transport.wait(step.calls)
         done = clock_ms()
         halted: list[Task] = []
         behind: dict[str, tuple[str, int | None]] = {}  # user → fate of the call they wait on
@@ -480,7 +508,7 @@ class BatchCalls:
     def _dead(self, task: Task, reason: str, now: int, out: StageOutput, *, channel: str,
               provider: str | None) -> None:
         """``failed`` and one dead letter with the reason and the attempt history."""
-        self._released.append(task.n.id)
+        out.unclaim.append(task.n.id)
         out.statuses.append(Status.of(task.n, states.FAILED, now, channel=channel,
                                       provider=provider, attempt=task.attempt, detail=reason))
         record = task.n.to_dict()
@@ -494,7 +522,7 @@ class BatchCalls:
             self._expired(task, now, f"{detail}; not before expires_at", out)
             return
         task.step += 1
-        self._released.append(task.n.id)
+        out.unclaim.append(task.n.id)
         out.statuses.append(Status.of(task.n, states.RETRYING, now, channel=task.channel,
                                       provider=provider or (task.adapter.name if task.adapter
                                                             else None),
@@ -503,9 +531,46 @@ class BatchCalls:
         out.retries.append((task.n.user_id, encode_retry(task, not_before)))
 
     def _expired(self, task: Task, now: int, detail: str, out: StageOutput) -> None:
-        self._released.append(task.n.id)
+        out.unclaim.append(task.n.id)
         out.statuses.append(Status.of(task.n, states.EXPIRED, now, channel=task.channel,
                                       attempt=task.attempt, detail=detail))
+
+
+def split_by_user(notes: Sequence[Notification], part_size: int) -> list[list[Notification]]:
+    """Consecutive parts of about ``part_size`` notifications (0: one part), in order, each
+    user's notifications all in one part: parts begun together may be in flight at once, and a
+    user's calls are chained only within a batch. A user goes to the part that is filling when
+    they first appear, so earlier records go out first."""
+    if part_size <= 0 or len(notes) <= part_size:
+        return [list(notes)] if notes else []
+    parts: list[list[Notification]] = [[]]
+    part_of: dict[str, int] = {}
+    for n in notes:
+        i = part_of.get(n.user_id)
+        if i is None:
+            if len(parts[-1]) >= part_size:
+                parts.append([])
+            i = part_of[n.user_id] = len(parts) - 1
+        parts[i].append(n)
+    return parts
+
+
+@dataclass
+class Round:
+    """One round's calls under way (``calls``: the transport's pending batch, None when no
+    tokens were to be had) and what waits for a later round."""
+    go: list[Task]
+    later: list[Task]
+    calls: object
+    min_wait: int | None
+
+
+@dataclass
+class Flight:
+    """A batch begun: its output so far, the ids a crash left in flight, its first round."""
+    out: StageOutput
+    crashed: set[str]
+    first: Round | None
 
 
 def make_call_stage(settings: Settings, priority: str = states.CRITICAL, *,

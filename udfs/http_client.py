@@ -436,16 +436,30 @@ class HttpClient:
         after the previous one's answer arrived, so the provider sees them in list order. If
         ``stop_chain(result)`` is true for a result, the rest of that chain is not sent and
         gets ``ChainHalted`` (e.g. stop a user's later messages behind a retryable failure)."""
+        batch = self.start_batch(requests, max_in_flight, keys, stop_chain)
+        await batch.done
+        return batch.results
+
+    def start_batch(self, requests: Sequence[ProviderRequest], max_in_flight: int = 256,
+                    keys: Sequence[Hashable | None] | None = None,
+                    stop_chain: Callable[[Any], bool] | None = None,
+                    loop: asyncio.AbstractEventLoop | None = None) -> "_Batch":
+        """``send_batch`` without the wait, callable while the loop is not running: requests
+        that find a free keep-alive connection are written before this returns, so the
+        provider works on them while the caller does something else; the rest go when the
+        loop runs. ``batch.done`` resolves once every request has its answer in
+        ``batch.results``. ``loop``: the client's loop, when called outside it."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         if keys is not None and len(keys) != len(requests):
             raise ValueError("keys must be as long as requests")
-        loop = self._bind()
+        loop = self._bind(loop)
         batch = _Batch(self, requests, max_in_flight, keys, stop_chain, loop.create_future())
         if batch.remaining:
             batch.pump()
-            await batch.done
-        return batch.results
+        else:
+            batch.done.set_result(None)
+        return batch
 
     def submit(self, req: ProviderRequest, callback: Callable[[Any, Any], None],
                tag: Any = None) -> None:
@@ -499,8 +513,8 @@ class HttpClient:
 
     # -- internals
 
-    def _bind(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.get_running_loop()
+    def _bind(self, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.AbstractEventLoop:
+        loop = loop or asyncio.get_running_loop()
         if self.loop is None:
             self.loop = loop
         elif self.loop is not loop:

@@ -5,6 +5,12 @@ For code that is not async (a Flink function): ``send_batch`` runs the loop unti
 batch is answered. Answers come back in input order, each a ``Response`` or an
 ``HttpClientError``; requests sharing a key are chained within their protocol (a user's APNs
 calls among themselves, their HTTP/1.1 calls among themselves).
+
+``start`` and ``wait`` split ``send_batch`` in two so the caller can work while the provider
+does: ``start`` writes the HTTP/1.1 requests that find a free connection and returns, ``poll``
+lets the loop read answers and write what waited, without blocking, and ``wait`` runs the loop
+until that batch is answered. Several batches may be under way at once; keys chain only within
+a batch, so a caller keeps each key (user) in one batch at a time.
 """
 from __future__ import annotations
 
@@ -30,10 +36,34 @@ class ProviderTransport:
     def send_batch(self, requests: Sequence[ProviderRequest], max_in_flight: int = 256,
                    keys: Sequence[Hashable | None] | None = None,
                    stop_chain: Callable[[Any], bool] | None = None) -> list[Any]:
+        return self.wait(self.start(requests, max_in_flight, keys, stop_chain))
+
+    def start(self, requests: Sequence[ProviderRequest], max_in_flight: int = 256,
+              keys: Sequence[Hashable | None] | None = None,
+              stop_chain: Callable[[Any], bool] | None = None) -> "Pending":
         if not requests:
-            return []
-        return self.loop.run_until_complete(
-            self._send(requests, max_in_flight, keys, stop_chain))
+            return Pending(answers=[])
+        if not any(r.http2 for r in requests):
+            batch = self.http1.start_batch(requests, max_in_flight, keys, stop_chain,
+                                           loop=self.loop)
+            return Pending(future=batch.done, batch=batch)
+        # HTTP/2 streams are coroutines: they start when the loop next runs.
+        return Pending(future=self.loop.create_task(
+            self._send(requests, max_in_flight, keys, stop_chain)))
+
+    def wait(self, pending: "Pending") -> list[Any]:
+        """Run the loop until ``pending``'s batch is answered; its answers in input order."""
+        if pending.future is not None:
+            got = self.loop.run_until_complete(pending.future)
+            pending.answers = pending.batch.results if pending.batch is not None else got
+            pending.future = None
+        return pending.answers
+
+    def poll(self) -> None:
+        """One turn of the loop without waiting: handle the answers that have arrived, write
+        the requests that were waiting for them."""
+        self.loop.call_soon(self.loop.stop)
+        self.loop.run_forever()
 
     async def _send(self, requests, max_in_flight, keys, stop_chain) -> list[Any]:
         h2 = [i for i, r in enumerate(requests) if r.http2]
@@ -64,12 +94,31 @@ class ProviderTransport:
             self.loop.close()
 
 
+class Pending:
+    """A batch ``start``ed and not yet waited for."""
+    __slots__ = ("future", "batch", "answers")
+
+    def __init__(self, *, future=None, batch=None, answers=None):
+        self.future = future
+        self.batch = batch
+        self.answers = answers
+
+
 class NullTransport:
     """Answers every call at once, in-process, as accepted: no network, no provider. For
     measuring the pipeline's own ceiling (``provider_transport = "null"``); never for delivery."""
 
     def send_batch(self, requests, max_in_flight: int = 256, keys=None, stop_chain=None):
         return [NULL_ANSWER] * len(requests)
+
+    def start(self, requests, max_in_flight: int = 256, keys=None, stop_chain=None) -> Pending:
+        return Pending(answers=self.send_batch(requests))
+
+    def wait(self, pending: Pending) -> list:
+        return pending.answers
+
+    def poll(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

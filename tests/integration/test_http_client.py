@@ -7,6 +7,7 @@ import asyncio
 import datetime
 import random
 import ssl
+import time
 
 import pytest
 
@@ -370,3 +371,41 @@ def test_https_verifies_the_server_with_the_given_context(tmp_path):
     assert [(a.status, a.body) for a in ok] == [(200, b"secure")] * 3
     assert isinstance(refused[0], ConnectError)
     assert stats["connections_opened"] <= 3
+
+
+# ---------------------------------------------------------------- start now, wait later
+
+def test_started_batches_reach_the_provider_before_the_caller_waits(fcm):
+    """``ProviderTransport.start`` writes on warm connections and returns: the provider works
+    on the calls while the caller's loop is not running (the gate decides its next part then).
+    Two batches under way at once each get their own answers, in their own order."""
+    from udfs.transport import ProviderTransport
+    transport = ProviderTransport(max_connections=64)
+    try:
+        warm = [fcm_request(fcm.url, f"warm-{i}", f"w{i}") for i in range(64)]
+        assert {a.status for a in transport.send_batch(warm, 64)} == {200}
+        fcm.reset()
+        first = [fcm_request(fcm.url, f"a-{i}", f"ua{i % 5}") for i in range(25)]
+        second = [fcm_request(fcm.url, f"b-{i}", f"ub{i % 5}") for i in range(25)]
+        a = transport.start(first, 64, keys=[f"ua{i % 5}" for i in range(25)])
+        b = transport.start(second, 64, keys=[f"ub{i % 5}" for i in range(25)])
+        # Nothing has run the client's loop since; the mock answers what it was sent.
+        deadline = time.monotonic() + 10
+        while len(fcm.log()) < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen = {r["herald_id"] for r in fcm.log()}
+        # One call per user (5 users a batch) could go at once; the rest chain behind them.
+        assert seen == {f"a-{i}" for i in range(5)} | {f"b-{i}" for i in range(5)}
+        got_b = transport.wait(b)
+        got_a = transport.wait(a)
+    finally:
+        transport.close()
+    for got in (got_a, got_b):
+        assert [type(x) for x in got] == [Response] * 25
+        assert {x.status for x in got} == {200} and len({x.body for x in got}) == 25
+    log = [r["herald_id"] for r in fcm.log()]
+    assert sorted(log) == sorted([f"a-{i}" for i in range(25)] + [f"b-{i}" for i in range(25)])
+    for prefix in "ab":  # each user's calls reached the provider in list order
+        for user in range(5):
+            mine = [h for h in log if h.startswith(f"{prefix}-") and int(h[2:]) % 5 == user]
+            assert mine == [f"{prefix}-{i}" for i in range(user, 25, 5)]
