@@ -94,6 +94,9 @@ class Settings:
     # part), each part's calls under way while it decides the next, so the provider's work
     # and the gate's overlap (0: the whole batch as one part; udfs/call_stage.py).
     send_part_records: int = 256
+    # Parts left under way while the next is decided; older parts are completed (answers
+    # classified, statuses out) meanwhile, so the provider is never left waiting on the gate.
+    send_parts_ahead: int = 1
     # "http" calls the providers; "null" answers every call at once in-process (benchmarks of
     # the pipeline's own ceiling only: nothing is delivered).
     provider_transport: str = "http"
