@@ -174,6 +174,7 @@ class GateFunction(KeyedProcessFunction):
         self._store(shard, touched)
         for flight in flights:
             yield from stage_rows(self.calls.complete(flight), self.metrics, pause)
+        self.calls.flush()
         self._keep_timer(deadlines, before, ctx)
 
     def _due(self, ctx):

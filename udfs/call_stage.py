@@ -45,7 +45,9 @@ The claims are settled after every round, in one round trip: ``sent`` for what a
 accepted, released for what left the batch otherwise (re-queued, expired, dead-lettered), so a
 retry later is a fresh claim. Settling per round, not per batch, matters once a batch waits for
 tokens for seconds: a crash then re-sends only the calls of the round in flight, not every call
-the batch made before it.
+the batch made before it. A batch's last settle rides in the next batch's claim (or goes with
+``flush``): the gate sends a large batch in parts (``begin``/``complete``), and a round trip
+per part for the settle alone was waiting it could not use.
 
 What a retry does to per-user order: inside a batch, a user's calls are chained and the chain
 stops at a throttled or failed call, so the user's later messages of that batch wait behind it
@@ -150,7 +152,9 @@ class BatchCalls:
     # ---------------------------------------------------------------- the batch
 
     def send_all(self, batch: Sequence[Task | Notification]) -> StageOutput:
-        return self.complete(self.begin(batch))
+        out = self.complete(self.begin(batch))
+        self.flush()
+        return out
 
     def begin(self, batch: Sequence[Task | Notification]) -> "Flight":
         """Claim, look up and prepare the batch, and start its first round of calls; the
@@ -194,23 +198,30 @@ class BatchCalls:
         return Flight(out, in_flight_at_crash, first)
 
     def complete(self, flight: "Flight") -> StageOutput:
-        """Run ``flight``'s rounds until every notification has a fate; settle the claims."""
+        """Run ``flight``'s rounds until every notification has a fate. Its last claims are
+        settled with the next ``begin``'s claim or by ``flush``, which the caller runs before
+        it lets a checkpoint pass (earlier rounds settle before the next round's calls)."""
         out, step = flight.out, flight.first
         while step is not None:
             accepted: list[str] = []
             waiting = self._land(step, flight.crashed, accepted, out)
-            self.markers.settle(accepted, out.unclaim)
+            self.markers.settle(accepted, out.unclaim, now=False)
             out.unclaim = []
             if waiting:
                 waiting = self._drop_cancelled(waiting, out)
             step = None
             if waiting:
+                self.markers.flush()
                 self.pause()
                 step = self._launch(waiting, out)
         if out.unclaim:
-            self.markers.settle((), out.unclaim)
+            self.markers.settle((), out.unclaim, now=False)
             out.unclaim = []
         return out
+
+    def flush(self) -> None:
+        """Send the settles that wait (``complete``)."""
+        self.markers.flush()
 
     def poll(self) -> None:
         """Let begun batches' answers in and their waiting requests out, without blocking."""

@@ -19,6 +19,11 @@ One key per id, claimed with ``SET NX GET``, is one write each way: a ``sending`
 the ``sent`` one doubled the server's work (bench/results/delivery_throughput.md). The scripts
 build the key names, so they need one Redis (or, on Redis Cluster, every key of a batch in one
 slot: not done yet). ``SET ... NX GET`` needs Redis 7.0 or later.
+
+A settle may wait (``settle(..., now=False)``) and ride in the next claim's round trip, or go
+with ``flush``: the gate sends a batch in parts, and a round trip per part for its settle
+alone was a wait the gate could not use. A settle that waits widens the crash window by as
+long as it waits; the gate flushes before each batch ends.
 """
 from __future__ import annotations
 
@@ -72,6 +77,8 @@ class SentMarkers:
         self.ttl_ms = ttl_ms
         self._claim = client.register_script(_CLAIM)
         self._settle = client.register_script(_SETTLE)
+        self._accepted: list[str] = []  # settles not sent yet (``settle(..., now=False)``)
+        self._not_sent: list[str] = []
 
     def claim(self, ids: list[str], *, lookups=None) -> tuple[set[str], set[str]]:
         """Claim ``ids`` for sending, in one round trip; ``lookups`` (``udfs.lookups``) rides
@@ -81,7 +88,7 @@ class SentMarkers:
         """
         if not ids:
             return set(), set()
-        if lookups is None:
+        if lookups is None and not self._pending():
             found = self._claim(args=[self.ttl_ms, *ids])
         else:
             found = self._claim_with(lookups, [self.ttl_ms, *ids])
@@ -92,24 +99,53 @@ class SentMarkers:
         return already, crashed
 
     def _claim_with(self, lookups, args: list) -> bytes:
-        """The claim script in one pipeline with the lookups' reads. EVALSHA is queued by
+        """The claim script in one pipeline with the lookups' reads and the settles that
+        waited (first: an id released there may be claimed again here). EVALSHA is queued by
         hand: redis-py's scripts in a pipeline ask SCRIPT EXISTS first, a round trip each."""
+        settle = self._take_pending()
         while True:
             pipe = self.client.pipeline(transaction=False)
-            extra = lookups.queue(pipe)
+            extra = 0
+            if settle is not None:
+                pipe.evalsha(self._settle.sha, 0, *settle)
+                extra += 1
+            if lookups is not None:
+                extra += lookups.queue(pipe)
             pipe.evalsha(self._claim.sha, 0, *args)
             try:
                 answers = pipe.execute()
             except redis.exceptions.NoScriptError:  # a restarted Redis: load them, go again
-                self.client.script_load(_CLAIM)
-                lookups.load_scripts(self.client)
+                self.client.script_load(_CLAIM)  # (a settle done twice changes nothing)
+                self.client.script_load(_SETTLE)
+                if lookups is not None:
+                    lookups.load_scripts(self.client)
                 continue
-            lookups.read(answers[:extra])
+            if lookups is not None:
+                lookups.read(answers[1 if settle is not None else 0:extra])
             return answers[extra]
 
-    def settle(self, accepted: Iterable[str], not_sent: Iterable[str] = ()) -> None:
-        """Mark ``accepted`` sent and drop every claim, these and ``not_sent`` (one round trip)."""
-        accepted = list(accepted)
-        ids = accepted + list(not_sent)
-        if ids:
-            self._settle(args=[self.ttl_ms, len(accepted), *ids])
+    def settle(self, accepted: Iterable[str], not_sent: Iterable[str] = (), *,
+               now: bool = True) -> None:
+        """Mark ``accepted`` sent and drop every claim, these and ``not_sent``: in one round
+        trip now, or (``now=False``) with the next claim or ``flush``."""
+        self._accepted.extend(accepted)
+        self._not_sent.extend(not_sent)
+        if now:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send the settles that waited (one round trip, none if nothing waits)."""
+        settle = self._take_pending()
+        if settle is not None:
+            self._settle(args=settle)
+
+    def _pending(self) -> bool:
+        return bool(self._accepted or self._not_sent)
+
+    def _take_pending(self) -> list | None:
+        """The settle script's arguments for everything waiting, which stops waiting."""
+        if not self._pending():
+            return None
+        accepted, not_sent = self._accepted, self._not_sent
+        self._accepted, self._not_sent = [], []
+        return [self.ttl_ms, len(accepted), *accepted, *not_sent]

@@ -75,3 +75,19 @@ def test_a_claim_with_lookups_survives_a_redis_that_lost_its_scripts(stack, base
     assert m.claim([f"{unique}-x"], lookups=lookups) == (set(), set())
     assert client.get(SENT.format(f"{unique}-x")) == CLAIMED
     assert list(lookups.users.values()) == [None]  # read (the user script loaded too): absent
+
+
+def test_a_settle_that_waits_rides_in_the_next_claim(stack, base_settings, unique):
+    m, client = markers(base_settings)
+    accepted, released, later = f"{unique}-ok", f"{unique}-no", f"{unique}-next"
+    m.claim([accepted, released])
+    m.settle([accepted], [released], now=False)
+    assert client.get(SENT.format(accepted)) == CLAIMED  # not sent yet
+    # The next claim carries it, before its own claims: the released id is claimed afresh.
+    assert m.claim([later, released]) == (set(), set())
+    assert client.get(SENT.format(accepted)) == DONE
+    assert client.get(SENT.format(released)) == CLAIMED
+    m.settle([later], [released], now=False)
+    m.flush()
+    assert client.get(SENT.format(later)) == DONE and not client.exists(SENT.format(released))
+    m.flush()  # nothing waits: nothing is sent
