@@ -37,8 +37,8 @@ under way. Sent whole, the thread waited for the provider for about half of each
 (py-spy: 43-49 % of its time in the event loop's select with a 10 ms mock), because the
 provider only saw the batch once all of it had been decided; in parts the provider answers
 one part while the next is decided. Measured (`bench/results/delivery_throughput.md`): parts
-of 256 with one ahead beat whole batches by 10-15 %; parts of 128 lose it again to the three
-Redis round trips each part pays (claim, tokens, settle).
+of 256 with one ahead beat whole batches by 10-15 %; parts of 128 lose it again to the Redis
+round trips each part pays (its claim and its tokens; its settle rides in the next claim).
 
 Main output: status events of the calls; side outputs: status events of the gate (duplicate,
 expired, cancelled, gap notices), retry records and dead letters.
