@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import (RESULTS, Mock, exactness, machine, start_system,  # noqa: E402
-                          stop_system)
+                          stop_system, write_markdown)
 from bench.delivery_throughput import produce  # noqa: E402
 from herald.settings import load_settings  # noqa: E402
 from herald_stack.components import Stack  # noqa: E402
@@ -127,9 +127,11 @@ def write(r: dict) -> None:
         " marker yet, so after the restore Herald cannot know whether the provider has it and"
         " sends it again (reported with the detail \"in flight at a crash\"). Everything accepted"
         " before the kill and replayed from Kafka after the restore is stopped by its `sent`"
-        " marker. The bound is one call batch per killed subtask (the calls of one SQL window of"
-        " one partition).", ""])
-    (RESULTS / "crash_window.md").write_text(text)
+        " marker. The bound, per killed gate subtask: the calls of the batch it was working on"
+        " (one SQL window of its lane) whose claims were not settled yet, i.e. the parts under"
+        " way and the completed part whose settle waits for the next part's claim; never more"
+        " than the batch (`operators/gate.py`).", ""])
+    write_markdown(RESULTS / "crash_window.md", text)
 
 
 if __name__ == "__main__":
