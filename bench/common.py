@@ -18,6 +18,11 @@ import orjson
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+# Dedup TTL (keyed state and Redis `sent` markers) in benchmark runs: long enough for any run
+# and its restores, short enough that a day of runs does not pile up in the dev stack's Redis
+# (at the default 24 h, one afternoon left ≈ 1 GB of markers, and Redis's AOF rewrites, a fork
+# and 7–14 s of writing each, landed inside runs).
+BENCH_DEDUP_TTL_MS = 600_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 

@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 
 from bench.loadgen import make_producer  # noqa: E402
-from bench.common import (Mock, exactness, machine, per_user_order_ok, percentile,  # noqa: E402
+from bench.common import (BENCH_DEDUP_TTL_MS, Mock, exactness, machine,  # noqa: E402
+                          per_user_order_ok, percentile,
                           stack_cpu_seconds, start_system, stop_system, tree_cpu_seconds,
                           write_markdown)
 from herald.settings import load_settings  # noqa: E402
@@ -76,7 +77,8 @@ def one_run(base, latency_ms: int, n: int, users: int, rate: float | None, timeo
     topics = {f"topic_{role}": f"b{run}.{name}" for role, name in base.topics().items()}
     with Mock("fcm", latency_ms=latency_ms) as mock:
         settings = base.replace(consumer_group=f"bench-{run}", flink_rest_port=0,
-                                fcm_url=mock.url, flink_checkpoint_dir=f"/tmp/herald-bench-ck/{run}",
+                                fcm_url=mock.url, dedup_ttl_ms=BENCH_DEDUP_TTL_MS,
+                                flink_checkpoint_dir=f"/tmp/herald-bench-ck/{run}",
                                 **topics)
         Stack(settings).create_topics(list(settings.topics().values()))
         job = start_system([sys.executable, "-m", "jobs.delivery"], settings,
@@ -141,7 +143,8 @@ def null_run(base, n: int, users: int, timeout_s: float) -> dict:
     run = uuid.uuid4().hex[:8]
     topics = {f"topic_{role}": f"b{run}.{name}" for role, name in base.topics().items()}
     settings = base.replace(consumer_group=f"bench-{run}", flink_rest_port=0,
-                            provider_transport="null", quota_fcm_rate_per_s=NULL_QUOTA,
+                            dedup_ttl_ms=BENCH_DEDUP_TTL_MS, provider_transport="null",
+                            quota_fcm_rate_per_s=NULL_QUOTA,
                             quota_fcm_burst=NULL_QUOTA / 10,
                             flink_checkpoint_dir=f"/tmp/herald-bench-ck/{run}", **topics)
     Stack(settings).create_topics(list(settings.topics().values()))

@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 from kafka import KafkaProducer  # noqa: E402
 
-from bench.common import RESULTS, Mock, machine, percentile, start_system, stop_system  # noqa: E402
+from bench.common import (BENCH_DEDUP_TTL_MS, RESULTS, Mock, machine, percentile,  # noqa: E402
+                          start_system, stop_system)
 from herald.settings import load_settings  # noqa: E402
 from herald_stack.components import Stack  # noqa: E402
 
@@ -158,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
     with Mock("fcm", latency_ms=args.latency_ms) as mock:
         settings = base.replace(consumer_group=f"iso-{run}", flink_rest_port=0, fcm_url=mock.url,
+                                dedup_ttl_ms=BENCH_DEDUP_TTL_MS,
                                 flink_checkpoint_dir=f"/tmp/herald-bench-ck/{run}", **topics)
         Stack(settings).create_topics(list(settings.topics().values()))
         if args.split:  # one job per class: own JVM and interpreter, promotional niced

@@ -42,8 +42,8 @@ if str(ROOT) not in sys.path:
 
 import orjson  # noqa: E402
 
-from bench.common import (RESULTS, Mock, bench_settings, drop_topics,  # noqa: E402
-                          flink_hot_operators, free_port, machine, percentile, start_system,
+from bench.common import (BENCH_DEDUP_TTL_MS, RESULTS, Mock, bench_settings,  # noqa: E402
+                          drop_topics, flink_hot_operators, free_port, machine, percentile, start_system,
                           stop_system, tree_cpu_seconds, wait_accepted, write_markdown)
 from bench.expansion import campaign  # noqa: E402
 from bench.loadgen import RecordFactory, generate  # noqa: E402
@@ -133,7 +133,7 @@ def _one_rate(base, rate, alone_s, campaign_s, latency_ms, drain_s, zipf_s, prom
               "quota_sendgrid_burst": 2_000.0} if promo_mock else {})
     settings = base.replace(consumer_group=f"{prefix}", flink_rest_port=rest_port,
                             expansion_rest_port=0, fcm_url=mock.url,
-                            segments_dir=str(work / "segments"), dedup_ttl_ms=600_000,
+                            segments_dir=str(work / "segments"), dedup_ttl_ms=BENCH_DEDUP_TTL_MS,
                             ratelimit_namespace=f"herald:rl:{prefix}",
                             flink_checkpoint_dir=str(work / "checkpoints"), **topics, **extra)
     Stack(settings).create_topics(list(settings.topics().values()))

@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import (RESULTS, Mock, bench_settings, drop_topics, exactness,  # noqa: E402
-                          flink_hot_operators, free_port, machine, per_user_order_ok,
+from bench.common import (BENCH_DEDUP_TTL_MS, RESULTS, Mock, bench_settings,  # noqa: E402
+                          drop_topics, exactness, flink_hot_operators, free_port, machine, per_user_order_ok,
                           start_system, stop_system, tree_cpu_seconds, wait_accepted,
                           write_markdown)
 from bench.loadgen import RecordFactory, generate  # noqa: E402
@@ -96,7 +96,7 @@ def one_run(base, system: str, latency_ms: int, n: int, timeout_s: float, zipf_s
     with Mock("fcm", latency_ms=latency_ms) as mock:
         rest_port = free_port()
         settings = base.replace(consumer_group=f"{prefix}-{system}", flink_rest_port=rest_port,
-                                fcm_url=mock.url, dedup_ttl_ms=600_000,
+                                fcm_url=mock.url, dedup_ttl_ms=BENCH_DEDUP_TTL_MS,
                                 flink_checkpoint_dir=f"/tmp/herald-bench-ck/{run}", **topics)
         Stack(settings).create_topics(list(settings.topics().values()))
         log_path = f"/tmp/herald-bench-peers-{system}-{run}.log"
