@@ -568,8 +568,8 @@ def split_by_user(notes: Sequence[Notification], part_size: int) -> list[list[No
 
 @dataclass
 class Round:
-    """One round's calls under way (``calls``: the transport's pending batch, None when no
-    tokens were to be had) and what waits for a later round."""
+    """One round's calls under way (``calls``: what the transport's ``start`` returned, for its
+    ``wait``; None when no tokens were to be had) and what waits for a later round."""
     go: list[Task]
     later: list[Task]
     calls: object

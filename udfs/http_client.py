@@ -436,19 +436,17 @@ class HttpClient:
         after the previous one's answer arrived, so the provider sees them in list order. If
         ``stop_chain(result)`` is true for a result, the rest of that chain is not sent and
         gets ``ChainHalted`` (e.g. stop a user's later messages behind a retryable failure)."""
-        batch = self.start_batch(requests, max_in_flight, keys, stop_chain)
-        await batch.done
-        return batch.results
+        return await self.start_batch(requests, max_in_flight, keys, stop_chain)
 
     def start_batch(self, requests: Sequence[ProviderRequest], max_in_flight: int = 256,
                     keys: Sequence[Hashable | None] | None = None,
                     stop_chain: Callable[[Any], bool] | None = None,
-                    loop: asyncio.AbstractEventLoop | None = None) -> "_Batch":
+                    loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future:
         """``send_batch`` without the wait, callable while the loop is not running: requests
         that find a free keep-alive connection are written before this returns, so the
         provider works on them while the caller does something else; the rest go when the
-        loop runs. ``batch.done`` resolves once every request has its answer in
-        ``batch.results``. ``loop``: the client's loop, when called outside it."""
+        loop runs. The future resolves to ``send_batch``'s answers. ``loop``: the client's
+        loop, when called outside it."""
         if max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
         if keys is not None and len(keys) != len(requests):
@@ -458,8 +456,8 @@ class HttpClient:
         if batch.remaining:
             batch.pump()
         else:
-            batch.done.set_result(None)
-        return batch
+            batch.done.set_result(batch.results)
+        return batch.done
 
     def submit(self, req: ProviderRequest, callback: Callable[[Any, Any], None],
                tag: Any = None) -> None:
@@ -656,7 +654,7 @@ class _Batch:
                     self.ready.appendleft(j)  # chains are the batch's critical path: first
         if self.remaining == 0:
             if not self.done.done():
-                self.done.set_result(None)
+                self.done.set_result(self.results)
             return
         self.pump()
 

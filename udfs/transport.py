@@ -40,24 +40,17 @@ class ProviderTransport:
 
     def start(self, requests: Sequence[ProviderRequest], max_in_flight: int = 256,
               keys: Sequence[Hashable | None] | None = None,
-              stop_chain: Callable[[Any], bool] | None = None) -> "Pending":
-        if not requests:
-            return Pending(answers=[])
+              stop_chain: Callable[[Any], bool] | None = None) -> asyncio.Future:
+        """The batch under way: a future of its answers (``wait`` runs the loop for it)."""
         if not any(r.http2 for r in requests):
-            batch = self.http1.start_batch(requests, max_in_flight, keys, stop_chain,
-                                           loop=self.loop)
-            return Pending(future=batch.done, batch=batch)
+            return self.http1.start_batch(requests, max_in_flight, keys, stop_chain,
+                                          loop=self.loop)
         # HTTP/2 streams are coroutines: they start when the loop next runs.
-        return Pending(future=self.loop.create_task(
-            self._send(requests, max_in_flight, keys, stop_chain)))
+        return self.loop.create_task(self._send(requests, max_in_flight, keys, stop_chain))
 
-    def wait(self, pending: "Pending") -> list[Any]:
+    def wait(self, pending: asyncio.Future) -> list[Any]:
         """Run the loop until ``pending``'s batch is answered; its answers in input order."""
-        if pending.future is not None:
-            got = self.loop.run_until_complete(pending.future)
-            pending.answers = pending.batch.results if pending.batch is not None else got
-            pending.future = None
-        return pending.answers
+        return self.loop.run_until_complete(pending)
 
     def poll(self) -> None:
         """One turn of the loop without waiting: handle the answers that have arrived, write
@@ -94,16 +87,6 @@ class ProviderTransport:
             self.loop.close()
 
 
-class Pending:
-    """A batch ``start``ed and not yet waited for."""
-    __slots__ = ("future", "batch", "answers")
-
-    def __init__(self, *, future=None, batch=None, answers=None):
-        self.future = future
-        self.batch = batch
-        self.answers = answers
-
-
 class NullTransport:
     """Answers every call at once, in-process, as accepted: no network, no provider. For
     measuring the pipeline's own ceiling (``provider_transport = "null"``); never for delivery."""
@@ -111,11 +94,11 @@ class NullTransport:
     def send_batch(self, requests, max_in_flight: int = 256, keys=None, stop_chain=None):
         return [NULL_ANSWER] * len(requests)
 
-    def start(self, requests, max_in_flight: int = 256, keys=None, stop_chain=None) -> Pending:
-        return Pending(answers=self.send_batch(requests))
+    def start(self, requests, max_in_flight: int = 256, keys=None, stop_chain=None) -> list:
+        return self.send_batch(requests)  # the answers are the handle: nothing is under way
 
-    def wait(self, pending: Pending) -> list:
-        return pending.answers
+    def wait(self, pending: list) -> list:
+        return pending
 
     def poll(self) -> None:
         pass
