@@ -1,8 +1,13 @@
-"""The gate keeps users' states as pickled bytes (invisible to the cycle collector) and still
-reads states that an earlier version stored as objects."""
+"""The gate keeps users' states as bytes (invisible to the cycle collector): JSON while nothing
+is held, a pickle while notifications are; and it still reads what earlier versions stored
+(pickles, objects)."""
 import gc
+import pickle
 
-from herald.gate import Gate
+from hypothesis import given, strategies as st
+
+from herald.gate import Gate, GateState
+from herald.models import Contacts, Content, Notification
 from operators.gate import pack, unpack
 
 
@@ -13,10 +18,48 @@ def a_state():
     return gate_state
 
 
+def a_note(i: int) -> Notification:
+    return Notification(id=f"n-{i}", tenant_id="t", user_id="u", priority="critical",
+                        channels=("push",), to=Contacts(push_token="tok", platform="android"),
+                        content=Content(body="b"),
+                        created_at=1_000, expires_at=9_000, seq=i)
+
+
 def test_a_packed_state_reads_back_equal_and_is_not_tracked_by_the_collector():
     packed = pack(a_state())
     assert isinstance(packed, bytes) and not gc.is_tracked(packed)
     assert unpack(packed) == a_state()
+
+
+def test_a_state_holding_nothing_is_packed_as_json():
+    assert pack(a_state()).startswith(b"[")
+
+
+def test_a_state_holding_notifications_round_trips_through_a_pickle():
+    held = a_state()
+    held.held[5] = (1_000, a_note(5))
+    held.held[6] = None
+    held.scheduled.append(a_note(9))
+    held.timer_ms = 2_000
+    packed = pack(held)
+    assert not packed.startswith(b"[")
+    assert unpack(packed) == held
+
+
+ids = st.text(min_size=1, max_size=40)
+ms = st.integers(min_value=0, max_value=(1 << 63) - 1)
+
+
+@given(seen=st.dictionaries(ids, ms, max_size=30), prune=ms,
+       next_seq=st.none() | st.integers(min_value=0, max_value=1 << 62),
+       timer=st.none() | ms)
+def test_any_state_holding_nothing_round_trips(seen, prune, next_seq, timer):
+    state = GateState(seen=seen, seen_prune_ms=prune, next_seq=next_seq, timer_ms=timer)
+    assert unpack(pack(state)) == state
+
+
+def test_a_state_pickled_by_an_earlier_version_is_still_read():
+    assert unpack(pickle.dumps(a_state(), protocol=pickle.HIGHEST_PROTOCOL)) == a_state()
 
 
 def test_a_state_stored_as_an_object_by_an_earlier_version_is_read_as_it_is():
