@@ -45,6 +45,59 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+# What a thread of the delivery job does, by its name's first 15 characters (all Linux keeps):
+# Flink names a task's thread after its chain of operators. First match wins.
+JOB_COMPONENTS = (
+    ("gate-", "gate (Python: parse, state, Redis, calls)"),
+    ("retry-wait-", "retry wait + retry calls (Python)"),
+    ("WindowAggregate", "SQL window (batches, JSON)"),
+    ("Source", "Kafka sources"),
+    ("*anonymous_data", "sinks (stream→table, Kafka writers)"),
+    ("kafka-producer-", "Kafka producer I/O"),
+    ("C1 CompilerThre", "JIT compilers"),
+    ("C2 CompilerThre", "JIT compilers"),
+    ("GC Thread", "garbage collector"),
+    ("G1 ", "garbage collector"),
+)
+
+
+def job_component(thread_name: str) -> str:
+    for prefix, component in JOB_COMPONENTS:
+        if thread_name.startswith(prefix):
+            return component
+    return "Flink runtime and the rest"
+
+
+def tree_cpu_by_component(pid: int) -> dict[str, float]:
+    """CPU seconds of a process tree's threads so far, summed per `job_component`: which part
+    of the job the CPU went to (the per-component figures of the result files)."""
+    totals: dict[str, float] = {}
+    for p in [pid, *descendants(pid)]:
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/stat") as fh:
+                    stat = fh.read()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            component = job_component(name)
+            totals[component] = (totals.get(component, 0.0)
+                                 + (int(fields[11]) + int(fields[12])) / CLK_TCK)
+    return totals
+
+
+def cpu_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Per-component CPU seconds spent between two `tree_cpu_by_component` readings."""
+    return {k: round(v - before.get(k, 0.0), 2) for k, v in sorted(
+        after.items(), key=lambda kv: -(kv[1] - before.get(kv[0], 0.0)))
+        if v - before.get(k, 0.0) > 0}
+
+
 def pids_matching(text: str) -> list[int]:
     """Processes whose command line contains ``text`` (the stack's Kafka, its redis-server)."""
     out = []

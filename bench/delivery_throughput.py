@@ -29,9 +29,9 @@ import orjson  # noqa: E402
 
 from bench.loadgen import make_producer  # noqa: E402
 from bench.common import (BENCH_DEDUP_TTL_MS, Mock, exactness, machine,  # noqa: E402
-                          per_user_order_ok, percentile,
-                          stack_cpu_seconds, start_system, stop_system, tree_cpu_seconds,
-                          write_markdown)
+                          cpu_between, per_user_order_ok, percentile,
+                          stack_cpu_seconds, start_system, stop_system,
+                          tree_cpu_by_component, tree_cpu_seconds, write_markdown)
 from herald.settings import load_settings  # noqa: E402
 from herald_stack.components import Stack  # noqa: E402
 
@@ -155,7 +155,10 @@ def null_run(base, n: int, users: int, timeout_s: float) -> dict:
                        f"/tmp/herald-bench-{run}.log")
     delivered, times = set(), []
     started = time.monotonic()
-    cpu_at_first = None
+    # CPU readings per component: at the first status, once a quarter is delivered (the
+    # steady part starts: the JIT compilers are still busy for ≈ 20 s after the start, a
+    # cost a long-running job pays once), at the end.
+    at_first = at_quarter = None
     try:
         while len(delivered) < n and time.monotonic() - started < timeout_s:
             if job.poll() is not None:
@@ -166,12 +169,18 @@ def null_run(base, n: int, users: int, timeout_s: float) -> dict:
                     if status["state"] == "delivered" and status["id"] not in delivered:
                         delivered.add(status["id"])
                         times.append(status["at"])
-                        if cpu_at_first is None:
-                            cpu_at_first = tree_cpu_seconds(job.pid)
-        job_cpu = tree_cpu_seconds(job.pid) - (cpu_at_first or 0)
+                        if at_first is None:
+                            at_first = tree_cpu_by_component(job.pid)
+            if at_quarter is None and len(delivered) >= n // 4:
+                at_quarter = (len(delivered), tree_cpu_by_component(job.pid))
+        at_end = tree_cpu_by_component(job.pid)
     finally:
         stop_system(job)
         consumer.close()
+    job_cpu = sum(cpu_between(at_first or {}, at_end).values())
+    quarter_n, quarter_cpu = at_quarter or (0, {})
+    components = cpu_between(quarter_cpu, at_end)
+    steady_cpu = sum(components.values())
     span_s = (max(times) - min(times)) / 1000 if len(times) > 1 else 0
     steady = round((len(times) - 1) / span_s) if span_s else 0
     return {"mode": "null provider, backlog", "rate": None, "latency_ms": None,
@@ -180,8 +189,32 @@ def null_run(base, n: int, users: int, timeout_s: float) -> dict:
             "calls_per_s_steady": steady, "elapsed_s": round(time.monotonic() - started, 1),
             "job_cpu_s": round(job_cpu, 1), "mock_cpu_s": 0.0,
             "per_job_cpu_second": round(len(delivered) / job_cpu) if job_cpu else None,
+            "steady_from": quarter_n, "steady_job_cpu_s": round(steady_cpu, 1),
+            "steady_per_job_cpu_second": (round((len(delivered) - quarter_n) / steady_cpu)
+                                          if steady_cpu else None),
+            "steady_cpu_by_component": components,
             "p50_ms": None, "p95_ms": None, "p99_ms": None, "per_user_order": None,
             "exact": len(delivered) == n}
+
+
+def component_table(r: dict) -> list[str]:
+    """Where the null run's job CPU went once a quarter of it was through (start-up and most
+    of the JIT behind it), per part of the job (`bench.common.JOB_COMPONENTS`)."""
+    components = r.get("steady_cpu_by_component")
+    if not components:
+        return []
+    total = sum(components.values())
+    done = r["steady_from"]
+    lines = ["", f"After the first quarter ({done:,} notifications in, the rest measured):"
+             f" **{r['steady_per_job_cpu_second']:,} notifications per job CPU-second**;"
+             " the job's CPU by part (its threads, by name):", "",
+             "| part of the job | CPU s | share | µs per notification |", "|---|---|---|---|"]
+    n = r["accepted"] - done
+    for component, seconds in components.items():
+        lines.append(f"| {component} | {seconds:.1f} | {100 * seconds / total:.0f} % |"
+                     f" {1e6 * seconds / n:.0f} |")
+    lines.append(f"| all | {total:.1f} | 100 % | {1e6 * total / n:.0f} |")
+    return lines
 
 
 def write(results: list[dict]) -> None:
@@ -227,6 +260,7 @@ def write(results: list[dict]) -> None:
                       " claims and markers, rate-limiter tokens, statuses; no HTTP; the FCM"
                       f" quota lifted to {NULL_QUOTA:,.0f}/s so that the quota is not the"
                       " ceiling)."]
+            lines += component_table(r)
     write_markdown(RESULTS / "delivery_throughput.md", "\n".join(lines) + "\n")
 
 
