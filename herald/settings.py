@@ -118,6 +118,11 @@ class Settings:
     # under the lane's key, so change it only with a fresh start (or keep it when rescaling).
     gate_lanes: int = 0
     flink_checkpoint_interval_ms: int = 5_000
+    # How long what the gates and call operators emit (statuses, retries, dead letters) may wait
+    # in a network buffer before it is flushed: off the path to the provider, so longer than the
+    # job's 5 ms (`execution.buffer-timeout`), which makes each output's flusher thread wake
+    # 200 times a second.
+    flink_status_buffer_timeout_ms: int = 50
     # Where the embedded job keeps its checkpoints ("" = <stack_dir>/flink/checkpoints).
     flink_checkpoint_dir: str = ""
     flink_rest_port: int = 8081

@@ -58,7 +58,8 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
     from operators.gate import GateFunction
     from operators.lanes import lane_keys
     from operators.retries import RetryWaitFunction
-    from operators.rows import DLQ_TAG, KEYED_PAYLOAD, RELEASED, RETRY_TAG, STATUS_TAG
+    from operators.rows import (DLQ_TAG, KEYED_PAYLOAD, RELEASED, RETRY_TAG, STATUS_TAG,
+                                side_output)
 
     register_tables(t_env, "kafka_tables.sql", settings)
     wanted = job_classes(settings)
@@ -90,7 +91,8 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
                  .key_by(lambda r: keys[r.shard], key_type=Types.INT())
                  .process(GateFunction(settings, priority), output_type=KEYED_PAYLOAD)
                  .name(f"gate-{priority}").uid(f"gate-{priority}")
-                 .slot_sharing_group(priority))
+                 .slot_sharing_group(priority)
+                 .set_buffer_timeout(settings.flink_status_buffer_timeout_ms))
         # Retries come back from the class's retry topic, past the gate (its dedup would drop
         # them), wait for their not_before in the retry wait, and take their own call operator.
         retry_batches = t_env.sql_query(sql_statements("batches.sql", settings,
@@ -100,19 +102,21 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
                   .key_by(lambda r: keys[r.shard], key_type=Types.INT())
                   .process(RetryWaitFunction(settings), output_type=RELEASED)
                   .name(f"retry-wait-{priority}").uid(f"retry-wait-{priority}")
-                  .slot_sharing_group(priority))
+                  .slot_sharing_group(priority)
+                  .set_buffer_timeout(settings.flink_status_buffer_timeout_ms))
         retried = (waited
                    .process(CallBatchFunction(settings, priority), output_type=KEYED_PAYLOAD)
                    .name(f"call-{priority}").uid(f"call-{priority}")
-                   .slot_sharing_group(priority))
+                   .slot_sharing_group(priority)
+                   .set_buffer_timeout(settings.flink_status_buffer_timeout_ms))
         # One conversion to the Table API per sink and class: each costs Java CPU per record.
         for sink, streams in (
-                (f"status_out_{priority}", (gated, gated.get_side_output(STATUS_TAG), retried)),
-                (f"{retry}_out", (gated.get_side_output(RETRY_TAG),
-                                  retried.get_side_output(RETRY_TAG))),
-                (f"dlq_out_{priority}", (gated.get_side_output(DLQ_TAG),
-                                         waited.get_side_output(DLQ_TAG),
-                                         retried.get_side_output(DLQ_TAG)))):
+                (f"status_out_{priority}", (gated, side_output(gated, STATUS_TAG), retried)),
+                (f"{retry}_out", (side_output(gated, RETRY_TAG),
+                                  side_output(retried, RETRY_TAG))),
+                (f"dlq_out_{priority}", (side_output(gated, DLQ_TAG),
+                                         side_output(waited, DLQ_TAG),
+                                         side_output(retried, DLQ_TAG)))):
             statements.add_insert(sink, t_env.from_data_stream(streams[0].union(*streams[1:])))
     # Quota changes and campaign cancels from herald.control go into Redis, where every call
     # stage reads them (operators/control.py says why there and not in broadcast state). One

@@ -63,7 +63,7 @@ def build_pipeline(env, t_env, settings: Settings, tables: Tables = Tables()) ->
     """
     from pyflink.common import Types
     from operators.expansion import BATCH, ExpandFunction
-    from operators.rows import DLQ_TAG, STATUS_TAG
+    from operators.rows import DLQ_TAG, STATUS_TAG, side_output
 
     # Chained operators hand rows on without a defensive copy: without this, each unnested
     # row's copy re-encodes its batch's whole id string (measured: half the job's CPU).
@@ -89,8 +89,8 @@ def build_pipeline(env, t_env, settings: Settings, tables: Tables = Tables()) ->
     statements = t_env.create_statement_set()
     statements.add_insert(tables.promo, records)
     statements.add_insert(tables.status, t_env.from_data_stream(
-        batches.get_side_output(STATUS_TAG)))
-    statements.add_insert(tables.dlq, t_env.from_data_stream(batches.get_side_output(DLQ_TAG)))
+        side_output(batches, STATUS_TAG)))
+    statements.add_insert(tables.dlq, t_env.from_data_stream(side_output(batches, DLQ_TAG)))
     statements.attach_as_datastream()
 
 

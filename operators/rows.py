@@ -20,6 +20,14 @@ STATUS_TAG = OutputTag("status", KEYED_PAYLOAD)
 RETRY_TAG = OutputTag("retry", KEYED_PAYLOAD)
 
 
+def side_output(stream, tag: OutputTag):
+    """A Python operator's side output, as the operator emits it. PyFlink's `get_side_output`
+    appends a Python identity map: a second Python call per record, and a chained operator
+    whose output has a flusher thread of its own."""
+    from pyflink.datastream import DataStream
+    return DataStream(stream._j_data_stream.getSideOutput(tag.get_java_output_tag()))
+
+
 def keyed_payload(key: str, payload: bytes) -> Row:
     return Row(key, payload.decode("utf-8"))
 
