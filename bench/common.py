@@ -26,11 +26,19 @@ BENCH_DEDUP_TTL_MS = 600_000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def stat_cpu(path: str) -> tuple[str, float]:
+    """(name, user + system CPU seconds) from a /proc stat file: a process's (its threads
+    included) or one thread's (/proc/<pid>/task/<tid>/stat)."""
+    with open(path) as fh:
+        stat = fh.read()
+    name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
+    fields = rest.split()
+    return name, (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of one process (its threads included), from /proc."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return stat_cpu(f"/proc/{pid}/stat")[1]
 
 
 def tree_cpu_seconds(pid: int) -> float:
@@ -79,15 +87,11 @@ def tree_cpu_by_component(pid: int) -> dict[str, float]:
             continue
         for tid in tids:
             try:
-                with open(f"/proc/{p}/task/{tid}/stat") as fh:
-                    stat = fh.read()
+                name, seconds = stat_cpu(f"/proc/{p}/task/{tid}/stat")
             except (FileNotFoundError, ProcessLookupError):
                 continue
-            name = stat[stat.index("(") + 1:stat.rindex(")")]
-            fields = stat[stat.rindex(")") + 2:].split()
             component = job_component(name)
-            totals[component] = (totals.get(component, 0.0)
-                                 + (int(fields[11]) + int(fields[12])) / CLK_TCK)
+            totals[component] = totals.get(component, 0.0) + seconds
     return totals
 
 
