@@ -31,9 +31,9 @@ def stat_cpu(path: str) -> tuple[str, float]:
     included) or one thread's (/proc/<pid>/task/<tid>/stat)."""
     with open(path) as fh:
         stat = fh.read()
-    name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:]
-    fields = rest.split()
-    return name, (int(fields[11]) + int(fields[12])) / CLK_TCK
+    end = stat.rindex(")")  # the name may hold spaces and parentheses
+    fields = stat[end + 2:].split()
+    return stat[stat.index("(") + 1:end], (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def cpu_seconds(pid: int) -> float:
@@ -97,9 +97,8 @@ def tree_cpu_by_component(pid: int) -> dict[str, float]:
 
 def cpu_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     """Per-component CPU seconds spent between two `tree_cpu_by_component` readings."""
-    return {k: round(v - before.get(k, 0.0), 2) for k, v in sorted(
-        after.items(), key=lambda kv: -(kv[1] - before.get(kv[0], 0.0)))
-        if v - before.get(k, 0.0) > 0}
+    spent = [(k, v - before.get(k, 0.0)) for k, v in after.items()]
+    return {k: round(v, 2) for k, v in sorted(spent, key=lambda kv: -kv[1]) if v > 0}
 
 
 def pids_matching(text: str) -> list[int]:
