@@ -57,11 +57,7 @@ def read_committed(settings, topic: str, done, job=None, timeout_s: float = 120.
     try:
         while time.monotonic() < deadline:
             for batch in consumer.poll(timeout_ms=500).values():
-                for message in batch:
-                    value = orjson.loads(message.value)
-                    value["_key"] = message.key.decode()
-                    value["_ts"] = message.timestamp
-                    records.append(value)
+                records.extend(map(decoded, batch))
             if done(records):
                 return records
             if job is not None:
@@ -71,8 +67,17 @@ def read_committed(settings, topic: str, done, job=None, timeout_s: float = 120.
     raise AssertionError(f"{topic}: condition not met after {timeout_s}s; saw {len(records)}")
 
 
+def decoded(message) -> dict:
+    value = orjson.loads(message.value)
+    value["_key"] = message.key.decode()
+    value["_ts"] = message.timestamp
+    return value
+
+
 def committed_now(settings, topic: str) -> list[dict]:
-    """Every record a read_committed reader can see on ``topic`` right now."""
+    """Every record a read_committed reader can see on ``topic`` right now, to the end of
+    every partition (``read_committed`` stops at its condition, with other partitions
+    perhaps not read to their end)."""
     consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
                              enable_auto_commit=False, isolation_level="read_committed")
     partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
@@ -83,10 +88,17 @@ def committed_now(settings, topic: str) -> list[dict]:
     try:
         while any(consumer.position(tp) < end[tp] for tp in partitions):
             for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(orjson.loads(m.value) for m in batch)
+                records.extend(map(decoded, batch))
     finally:
         consumer.close()
     return records
+
+
+def committed_after(settings, marker_cid: str, job) -> list[dict]:
+    """Everything committed on the promo topic once ``marker_cid``'s records are: what the job
+    emitted before the marker was committed with it or earlier."""
+    read_committed(settings, settings.topic_promo, lambda seen: of(marker_cid, seen), job=job)
+    return committed_now(settings, settings.topic_promo)
 
 
 def consumed_and_checkpointed(settings, group: str, topic: str) -> bool:
@@ -278,9 +290,7 @@ def test_a_cancel_mid_expansion_stops_it(scenario_settings, job, segment, unique
     # cancelled campaign could still have emitted would be committed too
     marker = campaign(f"mark-{unique}", user_ids=["m"])
     produce_campaigns(scenario_settings, marker)
-    records = read_committed(scenario_settings, scenario_settings.topic_promo,
-                             lambda seen: of(marker["campaign_id"], seen), job=job)
-    mine = of(c["campaign_id"], records)
+    mine = of(c["campaign_id"], committed_after(scenario_settings, marker["campaign_id"], job))
     assert len(mine) == len({r["user_id"] for r in mine}) == stopped_at
     statuses = read_until(scenario_settings.kafka_bootstrap, scenario_settings.topic_status,
                           complete(marker["campaign_id"]), job=job)
@@ -380,8 +390,7 @@ def test_a_100k_campaign_reaches_promo_exactly_once_across_a_kill_and_restore(
         # a checkpoint after the end: anything re-emitted twice would be committed by now
         after = campaign("cmp-after", user_ids=["late"])
         produce_campaigns(settings, after)
-        records = read_committed(settings, settings.topic_promo,
-                                 lambda s: of("cmp-after", s), job=second)
+        records = committed_after(settings, "cmp-after", second)
         assert "restoring from" in second.log_path.read_text()
 
     assert_one_record_per_user("cmp-crash", records, users, c)
