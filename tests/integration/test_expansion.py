@@ -94,10 +94,11 @@ def committed_now(settings, topic: str) -> list[dict]:
     return records
 
 
-def committed_after(settings, marker_cid: str, job) -> list[dict]:
-    """Everything committed on the promo topic once ``marker_cid``'s records are: what the job
-    emitted before the marker was committed with it or earlier."""
-    read_committed(settings, settings.topic_promo, lambda seen: of(marker_cid, seen), job=job)
+def committed_after(settings, marker_cid: str, job, count: int = 1) -> list[dict]:
+    """Everything committed on the promo topic once ``count`` of ``marker_cid``'s records are:
+    what the job emitted before the marker was committed with it or earlier."""
+    read_committed(settings, settings.topic_promo,
+                   lambda seen: len(of(marker_cid, seen)) >= count, job=job)
     return committed_now(settings, settings.topic_promo)
 
 
@@ -220,8 +221,7 @@ def test_an_expired_campaign_is_one_expired_event_and_nothing_else(scenario_sett
     statuses = read_until(scenario_settings.kafka_bootstrap, scenario_settings.topic_status,
                           lambda seen: complete(after["campaign_id"])(seen) and events_of(
                               expired["campaign_id"], seen), job=job)
-    records = read_committed(scenario_settings, scenario_settings.topic_promo,
-                             lambda seen: len(of(after["campaign_id"], seen)) >= 2, job=job)
+    records = committed_after(scenario_settings, after["campaign_id"], job, count=2)
     events = events_of(expired["campaign_id"], statuses)
     assert [(e["state"], e["id"], e["campaign_id"]) for e in events] == [
         ("expired", expired["campaign_id"], expired["campaign_id"])]
