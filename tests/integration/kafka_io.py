@@ -5,7 +5,7 @@ import time
 from typing import Callable, Iterable
 
 import orjson
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 
 def produce(bootstrap: str, topic: str, records: Iterable[tuple[str | None, bytes | dict]]) -> int:
@@ -45,3 +45,28 @@ def read_until(bootstrap: str, topic: str, done: Callable[[list[dict]], bool],
         consumer.close()
     raise AssertionError(f"{topic}: condition not met after {timeout_s}s; saw {len(records)} records,"
                          f" last: {records[-3:]}")
+
+
+def read_all(bootstrap: str, topic: str) -> list[tuple[str | None, dict]]:
+    """Every record of ``topic`` up to its end offsets now: (key, value)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        deadline = time.monotonic() + 30
+        partitions = consumer.partitions_for_topic(topic)
+        while not partitions and time.monotonic() < deadline:
+            consumer.poll(timeout_ms=100)
+            partitions = consumer.partitions_for_topic(topic)
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        out = []
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"{topic}: could not read to the end offsets"
+            for batch in consumer.poll(timeout_ms=200).values():
+                for m in batch:
+                    out.append((m.key.decode() if m.key is not None else None,
+                                orjson.loads(m.value)))
+        return out
+    finally:
+        consumer.close()

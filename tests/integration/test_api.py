@@ -22,7 +22,6 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
-from kafka import KafkaConsumer, TopicPartition
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (content_type_conformance,
                                                response_schema_conformance,
@@ -33,7 +32,7 @@ from herald_api.audit import AuditConsumer
 from herald_api.openapi import build_openapi
 from herald_api.server import ApiServer
 from herald_api.store import IdempotencyStore
-from tests.integration.kafka_io import produce
+from tests.integration.kafka_io import produce, read_all
 
 ROOT = Path(__file__).resolve().parents[2]
 U = uuid.uuid4().hex[:8]
@@ -112,31 +111,6 @@ def campaign(cid: str, **changes) -> dict:
            "created_at": now, "expires_at": now + 3_600_000, "send_at": now + 600_000}
     doc.update(changes)
     return {k: v for k, v in doc.items() if v is not None}
-
-
-def read_all(bootstrap: str, topic: str) -> list[tuple[str | None, dict]]:
-    """Every record of ``topic`` up to its end offsets now: (key, value)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    try:
-        deadline = time.monotonic() + 30
-        partitions = consumer.partitions_for_topic(topic)
-        while not partitions and time.monotonic() < deadline:
-            consumer.poll(timeout_ms=100)
-            partitions = consumer.partitions_for_topic(topic)
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        out = []
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            assert time.monotonic() < deadline, f"{topic}: could not read to the end offsets"
-            for batch in consumer.poll(timeout_ms=200).values():
-                for m in batch:
-                    out.append((m.key.decode() if m.key is not None else None,
-                                orjson.loads(m.value)))
-        return out
-    finally:
-        consumer.close()
 
 
 def on_topic(settings, topic: str, field: str, value: str) -> list[tuple[str | None, dict]]:

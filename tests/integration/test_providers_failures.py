@@ -114,7 +114,9 @@ def test_fallback_apns_dead_letter_and_redrive(test_settings, mocks, unique, tmp
                          lambda seen: len(seen) >= 1, job=job)
         statuses = read_until(settings.kafka_bootstrap, settings.topic_status,
                               lambda seen: {to_sms["id"], ios["id"]} <= {
-                                  s["id"] for s in seen if s["state"] == "delivered"}, job=job)
+                                  s["id"] for s in seen if s["state"] == "delivered"} and any(
+                                  s["id"] == doomed["id"] and s["state"] == "failed"
+                                  for s in seen), job=job)
         seen = by_id(statuses)
         assert [(s["state"], s["channel"]) for s in seen[to_sms["id"]]] == [
             ("fallback", "push"), ("delivered", "sms")]
