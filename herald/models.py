@@ -2,6 +2,13 @@
 
 Parsing never guesses: anything off-contract raises ``ValidationError`` naming the field, so
 the caller can dead-letter the record with a precise reason.
+
+The records made once per notification (``Contacts``, ``Content``, ``Notification``,
+``Status``) are slotted dataclasses that are not ``frozen``: a frozen dataclass's ``__init__``
+sets each field through ``object.__setattr__``, ≈ 5x the cost of a plain one (1.8 against
+0.3-0.4 µs for 12 fields), and the gate's profile had 10 % of its time in these constructors.
+They are never changed after construction all the same (``dataclasses.replace`` makes a new
+one), and they pickle as the frozen ones did (``pickles_as_list``).
 """
 from __future__ import annotations
 
@@ -17,7 +24,25 @@ MAX_ID_LENGTH = 256
 MAX_EPOCH_MS = 10**13  # 2286-11-20: keeps created_at + any TTL inside 64 bits
 
 
-@dataclass(frozen=True, slots=True)
+def pickles_as_list(cls):
+    """Pickle a slotted dataclass as the list of its fields' values, as the standard library
+    does for frozen ones: states written while these classes were frozen (gate holds,
+    campaigns in expansion state) still restore, and earlier versions read the new ones."""
+    names = tuple(f.name for f in fields(cls))
+
+    def __getstate__(self):
+        return [getattr(self, name) for name in names]
+
+    def __setstate__(self, state):
+        for name, value in zip(names, state):
+            setattr(self, name, value)
+
+    cls.__getstate__, cls.__setstate__ = __getstate__, __setstate__
+    return cls
+
+
+@pickles_as_list
+@dataclass(slots=True)
 class Contacts:
     push_token: str | None = None
     platform: str | None = None
@@ -25,7 +50,8 @@ class Contacts:
     email: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@pickles_as_list
+@dataclass(slots=True)
 class Content:
     title: str | None = None
     body: str | None = None
@@ -34,7 +60,8 @@ class Content:
     vars: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@pickles_as_list
+@dataclass(slots=True)
 class Notification:
     id: str
     tenant_id: str
@@ -74,7 +101,8 @@ class Notification:
         return orjson.dumps(self.to_dict())
 
 
-@dataclass(frozen=True, slots=True)
+@pickles_as_list
+@dataclass(slots=True)
 class Status:
     """One event on ``herald.status``: what happened to one notification, once."""
     id: str

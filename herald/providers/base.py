@@ -40,7 +40,7 @@ class Kind(str, Enum):
 OK, THROTTLED, RETRYABLE, PERMANENT = Kind.OK, Kind.THROTTLED, Kind.RETRYABLE, Kind.PERMANENT
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per call: not frozen, as herald.models says why
 class ProviderRequest:
     """One HTTP call, ready for any client. ``http2`` is set where the provider requires it."""
     method: str
@@ -50,7 +50,7 @@ class ProviderRequest:
     http2: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # made per call: not frozen, as herald.models says why
 class Outcome:
     kind: Kind
     detail: str = ""

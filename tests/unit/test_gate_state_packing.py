@@ -1,6 +1,7 @@
 """The gate keeps users' states as bytes (invisible to the cycle collector): JSON while nothing
 is held, a pickle while notifications are; and it still reads what earlier versions stored
 (pickles, objects)."""
+import base64
 import gc
 import pickle
 
@@ -60,6 +61,26 @@ def test_any_state_holding_nothing_round_trips(seen, prune, next_seq, timer):
 
 def test_a_state_pickled_by_an_earlier_version_is_still_read():
     assert unpack(pickle.dumps(a_state(), protocol=pickle.HIGHEST_PROTOCOL)) == a_state()
+
+
+# A state holding one notification, pickled at 3af74a8, when Notification, Contacts and Content
+# were frozen dataclasses (pickled as lists of values; plain slotted ones pickle otherwise).
+PICKLED_WHILE_FROZEN = base64.b64decode(
+    "gAWVRQEAAAAAAACMC2hlcmFsZC5nYXRllIwJR2F0ZVN0YXRllJOUKYGUTn2UKIwEc2VlbpR9lIwBYZSKBp3ZrD2i"
+    "AXOMDXNlZW5fcHJ1bmVfbXOUigad2aw9ogGMCG5leHRfc2VxlE6MBGhlbGSUfZRLBYoGvUWoPaIBjA1oZXJhbGQu"
+    "bW9kZWxzlIwMTm90aWZpY2F0aW9ulJOUKYGUXZQoaAeMAXSUjAF1lIwIY3JpdGljYWyUjARwdXNolIWUaAyMCENv"
+    "bnRhY3RzlJOUKYGUXZQojAF4lIwHYW5kcm9pZJROTmViaAyMB0NvbnRlbnSUk5QpgZRdlChOjAJoaZR9lIwBa5SM"
+    "AXaUc059lGViiga9Rag9ogGKBp3ZrD2iAUsFTk5lYoaUc4wJc2NoZWR1bGVklF2UjAh0aW1lcl9tc5SKBqVJqD2iAXWGlGIu")
+
+
+def test_a_state_holding_notifications_pickled_while_they_were_frozen_is_read_and_rewritten_alike():
+    gate_state = unpack(PICKLED_WHILE_FROZEN)
+    arrived, n = gate_state.held[5]
+    assert (n.id, n.user_id, n.seq, n.channels) == ("a", "u", 5, ("push",))
+    assert n.to == Contacts(push_token="x", platform="android")
+    assert n.content == Content(body="hi", data={"k": "v"})
+    assert n.expires_at - n.created_at == 300_000 and arrived == n.created_at
+    assert pickle.dumps(gate_state, protocol=5) == PICKLED_WHILE_FROZEN
 
 
 def test_a_state_stored_as_an_object_by_an_earlier_version_is_read_as_it_is():
