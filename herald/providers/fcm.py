@@ -9,6 +9,8 @@ errorCode is the more precise of the two, so it is looked up first.
 """
 from __future__ import annotations
 
+import functools
+from types import MappingProxyType
 from typing import Iterable, Mapping
 from urllib.parse import quote
 
@@ -59,6 +61,16 @@ def ttl(remaining_ms: int) -> str:
     return f"{seconds}s" if not millis else f"{seconds}.{millis:03d}".rstrip("0") + "s"
 
 
+@functools.lru_cache(maxsize=16)  # per request, its URL and headers were ≈ 1/3 of building it
+def endpoint(fcm_url: str, project: str, access_token: str) -> tuple[str, Mapping[str, str]]:
+    """The send URL and the (read-only, shared) headers of one project and token."""
+    base = fcm_url.rstrip("/")
+    token = credential(access_token, base, "fcm_access_token")
+    return (f"{base}/v1/projects/{quote(project, safe='')}/messages:send",
+            MappingProxyType({"Authorization": f"Bearer {token}",
+                              "Content-Type": "application/json; charset=UTF-8"}))
+
+
 class FcmAdapter(ProviderAdapter):
     name = "fcm"
     channel = states.PUSH
@@ -78,13 +90,8 @@ class FcmAdapter(ProviderAdapter):
         message["android"] = {
             "ttl": ttl(notification.expires_at - now),
             "priority": "HIGH" if notification.priority == states.CRITICAL else "NORMAL"}
-        base = settings.fcm_url.rstrip("/")
-        token = credential(settings.fcm_access_token, base, "fcm_access_token")
-        return ProviderRequest(
-            "POST", f"{base}/v1/projects/{quote(settings.fcm_project, safe='')}/messages:send",
-            {"Authorization": f"Bearer {token}",
-             "Content-Type": "application/json; charset=UTF-8"},
-            orjson.dumps({"message": message}))
+        url, headers = endpoint(settings.fcm_url, settings.fcm_project, settings.fcm_access_token)
+        return ProviderRequest("POST", url, headers, orjson.dumps({"message": message}))
 
     def classify(self, status: int, headers: Mapping | Iterable | None, body: bytes) -> Outcome:
         h = lower_headers(headers)

@@ -6,8 +6,10 @@ Herald's id travels as ``custom_args.herald_id`` and comes back in SendGrid's ev
 """
 from __future__ import annotations
 
+import functools
 import re
 import time
+from types import MappingProxyType
 from typing import Iterable, Mapping
 
 import orjson
@@ -47,6 +49,16 @@ def subject_of(title: str | None, body: str) -> str:
     return first if len(first) <= MAX_SUBJECT else first[:MAX_SUBJECT - 1] + "…"
 
 
+@functools.lru_cache(maxsize=16)  # per request, like fcm.endpoint
+def endpoint(sendgrid_url: str, api_key: str) -> tuple[str, Mapping[str, str]]:
+    """The mail-send URL and the (read-only, shared) headers of one API key."""
+    base = sendgrid_url.rstrip("/")
+    key = credential(api_key, base, "sendgrid_api_key")
+    return (f"{base}/v3/mail/send",
+            MappingProxyType({"Authorization": f"Bearer {key}",
+                              "Content-Type": "application/json"}))
+
+
 class SendGridAdapter(ProviderAdapter):
     name = "sendgrid"
     channel = states.EMAIL
@@ -58,8 +70,7 @@ class SendGridAdapter(ProviderAdapter):
         content = notification.content
         if not content.body:
             raise EmptyContentError(f"notification {notification.id} has no rendered body")
-        base = settings.sendgrid_url.rstrip("/")
-        key = credential(settings.sendgrid_api_key, base, "sendgrid_api_key")
+        url, headers = endpoint(settings.sendgrid_url, settings.sendgrid_api_key)
         mail = {
             "personalizations": [{"to": [{"email": contacts.email}]}],
             "from": {"email": settings.sendgrid_from},
@@ -67,10 +78,7 @@ class SendGridAdapter(ProviderAdapter):
             "content": [{"type": "text/plain", "value": content.body}],
             "custom_args": {"herald_id": notification.id, "tenant_id": notification.tenant_id},
         }
-        return ProviderRequest("POST", f"{base}/v3/mail/send",
-                               {"Authorization": f"Bearer {key}",
-                                "Content-Type": "application/json"},
-                               orjson.dumps(mail))
+        return ProviderRequest("POST", url, headers, orjson.dumps(mail))
 
     def classify(self, status: int, headers: Mapping | Iterable | None, body: bytes) -> Outcome:
         h = lower_headers(headers)

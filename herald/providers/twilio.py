@@ -7,6 +7,8 @@ the notification. ``ValidityPeriod`` is what is left until ``expires_at`` (whole
 from __future__ import annotations
 
 import base64
+import functools
+from types import MappingProxyType
 from typing import Iterable, Mapping
 from urllib.parse import quote, urlencode
 
@@ -53,6 +55,17 @@ def status_callback(settings: Settings, herald_id: str) -> str:
     return f"{base}{'&' if '?' in base else '?'}{urlencode({'herald_id': herald_id})}"
 
 
+@functools.lru_cache(maxsize=16)  # per request, like fcm.endpoint
+def endpoint(twilio_url: str, sid: str, auth_token: str) -> tuple[str, Mapping[str, str]]:
+    """The Messages URL and the (read-only, shared) headers of one account."""
+    base = twilio_url.rstrip("/")
+    secret = credential(auth_token, base, "twilio_auth_token")
+    auth = base64.b64encode(f"{sid}:{secret}".encode()).decode("ascii")
+    return (f"{base}/2010-04-01/Accounts/{quote(sid, safe='')}/Messages.json",
+            MappingProxyType({"Authorization": f"Basic {auth}",
+                              "Content-Type": "application/x-www-form-urlencoded"}))
+
+
 class TwilioAdapter(ProviderAdapter):
     name = "twilio"
     channel = states.SMS
@@ -65,19 +78,13 @@ class TwilioAdapter(ProviderAdapter):
             raise EmptyContentError(f"notification {notification.id} has no rendered body")
         now = clock_ms() if now_ms is None else now_ms
         validity = min(MAX_VALIDITY_S, max(1, (notification.expires_at - now) // 1000))
-        base = settings.twilio_url.rstrip("/")
-        sid = settings.twilio_account_sid
-        secret = credential(settings.twilio_auth_token, base, "twilio_auth_token")
-        auth = base64.b64encode(f"{sid}:{secret}".encode()).decode("ascii")
+        url, headers = endpoint(settings.twilio_url, settings.twilio_account_sid,
+                                settings.twilio_auth_token)
         form = {"To": contacts.phone, "From": settings.twilio_from,
                 "Body": notification.content.body,
                 "StatusCallback": status_callback(settings, notification.id),
                 "ValidityPeriod": str(validity)}
-        return ProviderRequest(
-            "POST", f"{base}/2010-04-01/Accounts/{quote(sid, safe='')}/Messages.json",
-            {"Authorization": f"Basic {auth}",
-             "Content-Type": "application/x-www-form-urlencoded"},
-            urlencode(form).encode("ascii"))
+        return ProviderRequest("POST", url, headers, urlencode(form).encode("ascii"))
 
     def classify(self, status: int, headers: Mapping | Iterable | None, body: bytes) -> Outcome:
         h = lower_headers(headers)
