@@ -50,6 +50,17 @@ def test_the_gil_switch_interval_is_set_from_settings():
         sys.setswitchinterval(before)
 
 
+def test_the_collectors_young_threshold_is_set_from_settings_and_zero_keeps_it():
+    before = gc.get_threshold()
+    try:
+        in_a_thread(Settings(python_gc_gen0_threshold=12_345), states.CRITICAL)
+        assert gc.get_threshold() == (12_345, *before[1:])
+        in_a_thread(Settings(python_gc_gen0_threshold=0), states.CRITICAL)
+        assert gc.get_threshold() == (12_345, *before[1:])
+    finally:
+        gc.set_threshold(*before)
+
+
 def test_a_niced_job_process_passes_its_priority_to_what_it_starts():
     # In a child process, so this test's own priority is untouched.
     import subprocess
