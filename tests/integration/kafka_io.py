@@ -47,11 +47,14 @@ def read_until(bootstrap: str, topic: str, done: Callable[[list[dict]], bool],
                          f" last: {records[-3:]}")
 
 
-def read_all(bootstrap: str, topic: str) -> list[tuple[str | None, dict]]:
-    """Every record of ``topic`` up to its end offsets now: (key, value)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+def messages_to_end(bootstrap: str, topic: str, *, isolation_level: str = "read_uncommitted",
+                    timeout_s: float = 30.0) -> list:
+    """Every message of ``topic`` up to its end offsets now, in every partition (for
+    ``read_committed``, the last stable offsets: what a transactional reader can see)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                             isolation_level=isolation_level)
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout_s
         partitions = consumer.partitions_for_topic(topic)
         while not partitions and time.monotonic() < deadline:
             consumer.poll(timeout_ms=100)
@@ -64,9 +67,13 @@ def read_all(bootstrap: str, topic: str) -> list[tuple[str | None, dict]]:
         while any(consumer.position(tp) < end[tp] for tp in tps):
             assert time.monotonic() < deadline, f"{topic}: could not read to the end offsets"
             for batch in consumer.poll(timeout_ms=200).values():
-                for m in batch:
-                    out.append((m.key.decode() if m.key is not None else None,
-                                orjson.loads(m.value)))
+                out.extend(batch)
         return out
     finally:
         consumer.close()
+
+
+def read_all(bootstrap: str, topic: str) -> list[tuple[str | None, dict]]:
+    """Every record of ``topic`` up to its end offsets now: (key, value)."""
+    return [(m.key.decode() if m.key is not None else None, orjson.loads(m.value))
+            for m in messages_to_end(bootstrap, topic)]

@@ -20,7 +20,7 @@ from herald.campaigns import recipient_id
 from herald.models import parse_notification
 from herald.segments import SegmentFiles
 from tests.integration.jobs import RunningJob
-from tests.integration.kafka_io import produce, read_until
+from tests.integration.kafka_io import messages_to_end, produce, read_until
 
 TENANT = "acme"
 
@@ -78,20 +78,8 @@ def committed_now(settings, topic: str) -> list[dict]:
     """Every record a read_committed reader can see on ``topic`` right now, to the end of
     every partition (``read_committed`` stops at its condition, with other partitions
     perhaps not read to their end)."""
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka_bootstrap,
-                             enable_auto_commit=False, isolation_level="read_committed")
-    partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    end = consumer.end_offsets(partitions)  # the last stable offsets, for read_committed
-    records = []
-    try:
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend(map(decoded, batch))
-    finally:
-        consumer.close()
-    return records
+    return [decoded(m) for m in messages_to_end(settings.kafka_bootstrap, topic,
+                                                isolation_level="read_committed", timeout_s=180)]
 
 
 def committed_after(settings, marker_cid: str, job, count: int = 1) -> list[dict]:
