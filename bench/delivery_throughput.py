@@ -6,9 +6,10 @@ Two measurements per mock latency, each bounded in count and time:
 * paced: a producer at a fixed rate while the job runs; added latency = the mock's receive time
   − the notification's created_at (p50/p95/p99), after a warm-up at the same rate
   (``--warmup-seconds``), and for the whole run.
-Every run checks at the mock that each id was accepted exactly once.
+Every run checks at the mock that each id was accepted exactly once. The backlog runs and the
+null-provider run also give the job's CPU by part once their first quarter is through.
 
-    python bench/delivery_throughput.py [--n 60000] [--latencies 0,10] [--rate 2000]
+    python bench/delivery_throughput.py [--n 200000] [--latencies 0,10] [--rate 2000]
 Writes bench/results/delivery_throughput.{json,md}.
 """
 from __future__ import annotations
@@ -96,14 +97,18 @@ def one_run(base, latency_ms: int, n: int, users: int, rate: float | None, timeo
         total = warm_n + n
         producer = threading.Thread(target=produce, args=(settings, run, total, users, rate))
         producer.start()
+        at_quarter = None  # backlog runs: the job's CPU by part once a quarter is through
         try:
-            while mock.stats()["accepted"] < total:
+            while (got := mock.stats()["accepted"]) < total:
                 if job.poll() is not None:
                     raise RuntimeError(f"job died, see /tmp/herald-bench-{run}.log")
                 if time.monotonic() - started > timeout_s:
                     break
+                if rate is None and at_quarter is None and got >= total // 4:
+                    at_quarter = (got, tree_cpu_by_component(job.pid))
                 time.sleep(0.2)
             elapsed = time.monotonic() - started
+            at_end = tree_cpu_by_component(job.pid)
             job_cpu = tree_cpu_seconds(job.pid) - job_cpu_at_start
             mock_cpu = mock.cpu()
             stack_cpu = {k: v - stack_at_start[k] for k, v in stack_cpu_seconds(settings).items()}
@@ -131,7 +136,20 @@ def one_run(base, latency_ms: int, n: int, users: int, rate: float | None, timeo
             "p99_ms": percentile(warm, 0.99), "warmup_records": warm_n,
             "whole_run_p50_ms": percentile(lat, 0.50), "whole_run_p99_ms": percentile(lat, 0.99),
             "per_user_order": per_user_order_ok(records),
+            **(steady_part(at_quarter, at_end, len(accepted)) if at_quarter else {}),
             **exactness(records, total)}
+
+
+def steady_part(at_quarter: tuple[int, dict], at_end: dict, done: int) -> dict:
+    """The job's CPU after the first quarter of a run (start-up and most of the JIT behind
+    it), by part: ``at_quarter`` is (done by then, `tree_cpu_by_component`)."""
+    quarter_n, quarter_cpu = at_quarter
+    components = cpu_between(quarter_cpu, at_end)
+    steady_cpu = sum(components.values())
+    return {"steady_from": quarter_n, "steady_job_cpu_s": round(steady_cpu, 1),
+            "steady_per_job_cpu_second": (round((done - quarter_n) / steady_cpu)
+                                          if steady_cpu else None),
+            "steady_cpu_by_component": components}
 
 
 def null_run(base, n: int, users: int, timeout_s: float) -> dict:
@@ -178,9 +196,6 @@ def null_run(base, n: int, users: int, timeout_s: float) -> dict:
         stop_system(job)
         consumer.close()
     job_cpu = sum(cpu_between(at_first or {}, at_end).values())
-    quarter_n, quarter_cpu = at_quarter or (0, {})
-    components = cpu_between(quarter_cpu, at_end)
-    steady_cpu = sum(components.values())
     span_s = (max(times) - min(times)) / 1000 if len(times) > 1 else 0
     steady = round((len(times) - 1) / span_s) if span_s else 0
     return {"mode": "null provider, backlog", "rate": None, "latency_ms": None,
@@ -189,31 +204,35 @@ def null_run(base, n: int, users: int, timeout_s: float) -> dict:
             "calls_per_s_steady": steady, "elapsed_s": round(time.monotonic() - started, 1),
             "job_cpu_s": round(job_cpu, 1), "mock_cpu_s": 0.0,
             "per_job_cpu_second": round(len(delivered) / job_cpu) if job_cpu else None,
-            "steady_from": quarter_n, "steady_job_cpu_s": round(steady_cpu, 1),
-            "steady_per_job_cpu_second": (round((len(delivered) - quarter_n) / steady_cpu)
-                                          if steady_cpu else None),
-            "steady_cpu_by_component": components,
+            **steady_part(at_quarter or (0, {}), at_end, len(delivered)),
             "p50_ms": None, "p95_ms": None, "p99_ms": None, "per_user_order": None,
             "exact": len(delivered) == n}
 
 
-def component_table(r: dict) -> list[str]:
-    """Where the null run's job CPU went once a quarter of it was through (start-up and most
-    of the JIT behind it), per part of the job (`bench.common.JOB_COMPONENTS`)."""
-    components = r.get("steady_cpu_by_component")
-    if not components:
+def component_table(results: list[dict]) -> list[str]:
+    """Where each run's job CPU went once a quarter of it was through (start-up and most of
+    the JIT behind it), per part of the job (`bench.common.JOB_COMPONENTS`), side by side: the
+    null run against the backlog runs shows what the HTTP path adds to each part."""
+    runs = [r for r in results if r.get("steady_cpu_by_component")]
+    if not runs:
         return []
-    total = sum(components.values())
-    done = r["steady_from"]
-    lines = ["", f"After the first quarter ({done:,} notifications in, the rest measured):"
-             f" **{r['steady_per_job_cpu_second']:,} notifications per job CPU-second**;"
-             " the job's CPU by part (its threads, by name):", "",
-             "| part of the job | CPU s | share | µs per notification |", "|---|---|---|---|"]
-    n = r["accepted"] - done
-    for component, seconds in components.items():
-        lines.append(f"| {component} | {seconds:.1f} | {100 * seconds / total:.0f} % |"
-                     f" {1e6 * seconds / n:.0f} |")
-    lines.append(f"| all | {total:.1f} | 100 % | {1e6 * total / n:.0f} |")
+    labels = [("null provider" if r["mode"].startswith("null")
+               else f"{r['latency_ms']} ms mock") for r in runs]
+    parts = list(dict.fromkeys(c for r in runs for c in r["steady_cpu_by_component"]))
+    per = [max(r["accepted"] - r["steady_from"], 1) for r in runs]
+    lines = ["", "The job's CPU by part (its threads, by name) after each run's first quarter,"
+             " in µs per notification (CPU seconds in brackets):", "",
+             "| part of the job | " + " | ".join(labels) + " |",
+             "|---|" + "---|" * len(runs)]
+    for part in parts:
+        cells = [f"{1e6 * r['steady_cpu_by_component'].get(part, 0) / k:.0f}"
+                 f" ({r['steady_cpu_by_component'].get(part, 0):.1f})" for r, k in zip(runs, per)]
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    lines.append("| **all** | " + " | ".join(
+        f"**{1e6 * r['steady_job_cpu_s'] / k:.0f}** ({r['steady_job_cpu_s']})"
+        for r, k in zip(runs, per)) + " |")
+    lines.append("| notifications per job CPU-second | " + " | ".join(
+        f"**{r['steady_per_job_cpu_second']:,}**" for r in runs) + " |")
     return lines
 
 
@@ -260,13 +279,13 @@ def write(results: list[dict]) -> None:
                       " claims and markers, rate-limiter tokens, statuses; no HTTP; the FCM"
                       f" quota lifted to {NULL_QUOTA:,.0f}/s so that the quota is not the"
                       " ceiling)."]
-            lines += component_table(r)
+    lines += component_table(results)
     write_markdown(RESULTS / "delivery_throughput.md", "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=60_000)
+    parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--users", type=int, default=20_000)
     parser.add_argument("--latencies", default="0,10")
     parser.add_argument("--modes", default="backlog,paced")

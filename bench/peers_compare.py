@@ -9,11 +9,12 @@ Per system and mock latency: fresh topics, the system started and warmed up (a f
 through to the mock), then N load-generator records (bench/loadgen.py: 1M users, Zipf,
 300–600 bytes) produced at max rate; measured until the mock accepted all N (or the timeout):
 calls/s at the mock (steady: first to last call), exactly-once at the mock, and the CPU
-seconds of the system's process tree over the run → calls per CPU-second (per core), and the
-ratios Herald/peer.
+seconds of the system's process tree over the run → calls per CPU-second (per core), the
+same after the first quarter of the N (start-up and the JVM's first JIT work behind: what a
+long-running system pays), and the ratios Herald/peer.
 
     pip install -r bench/requirements.txt      # once: confluent-kafka, matplotlib, py-spy
-    python bench/peers_compare.py [--n 60000] [--latencies 0,10] [--systems herald,confluent,quix]
+    python bench/peers_compare.py [--n 200000] [--latencies 0,10] [--systems herald,confluent,quix]
                                   [--repeat 2] [--zipf 0.6] [--profile]
 Writes bench/results/peers.{json,md}. The Quix venv (.venv-quix) is made on first use.
 """
@@ -122,12 +123,16 @@ def one_run(base, system: str, latency_ms: int, n: int, timeout_s: float, zipf_s
                                 progress=False)
             hot: list[dict] = []
             spy: list = []
+            quarter: list[tuple[int, float]] = []
 
             def halfway(got: int) -> None:
-                """Mid-run: Flink's busy/backpressure metrics (Herald), a py-spy profile
-                (the peers: where their wall time goes, waiting included)."""
-                if got < n // 4 or hot or spy:
+                """Once a quarter is accepted: the CPU so far (the rest of the run is the
+                steady part, start-up and the JIT's first work behind it), Flink's
+                busy/backpressure metrics (Herald), a py-spy profile (the peers: where their
+                wall time goes, waiting included)."""
+                if got < n // 4 or quarter:
                     return
+                quarter.append((got, tree_cpu_seconds(proc.pid)))
                 if system == "herald":
                     hot.extend(flink_hot_operators(rest_port))
                 elif profile:
@@ -135,7 +140,8 @@ def one_run(base, system: str, latency_ms: int, n: int, timeout_s: float, zipf_s
             complete = wait_accepted(mock, n, proc, timeout_s, f"{system} {latency_ms} ms",
                                      log_path, halfway)
             elapsed = time.monotonic() - t0
-            cpu = tree_cpu_seconds(proc.pid) - cpu0
+            cpu_end = tree_cpu_seconds(proc.pid)
+            cpu = cpu_end - cpu0
             top = profile_top(*spy[0]) if spy else []
             mock_cpu = mock.cpu()
             if sys.stderr.isatty():
@@ -147,6 +153,8 @@ def one_run(base, system: str, latency_ms: int, n: int, timeout_s: float, zipf_s
     times = sorted(r["t_ms"] for r in records if r.get("result") == "accepted")
     steady = (len(times) - 1) / ((times[-1] - times[0]) / 1000) if len(times) > 1 else 0
     ex = exactness(records, n)
+    quarter_n, quarter_cpu = quarter[0] if quarter else (0, cpu_end)
+    steady_cpu = cpu_end - quarter_cpu
     result = {"system": system, "latency_ms": latency_ms, "n": n, "complete": complete,
               "startup_s": round(startup_s, 1), "elapsed_s": round(elapsed, 1),
               "produce_s": produced["elapsed_s"],
@@ -154,6 +162,9 @@ def one_run(base, system: str, latency_ms: int, n: int, timeout_s: float, zipf_s
               "calls_per_s_steady": round(steady), "cpu_s": round(cpu, 1),
               "cpu_share": round(cpu / elapsed, 2), "idle_cpu_share": round(idle_share, 2),
               "calls_per_cpu_s": round(ex["accepted"] / cpu) if cpu else None,
+              "steady_from": quarter_n, "steady_cpu_s": round(steady_cpu, 1),
+              "steady_calls_per_cpu_s": (round((ex["accepted"] - quarter_n) / steady_cpu)
+                                         if quarter and steady_cpu else None),
               "mock_cpu_s": round(mock_cpu, 1), "per_user_order": per_user_order_ok(records),
               "load_1m_before": load_before, "load_1m_after": round(os.getloadavg()[0], 2),
               "log": log_path, "zipf_s": zipf_s, "flink_operators_mid_run": hot[:6],
@@ -170,12 +181,13 @@ def best(runs: list[dict], system: str, latency_ms: int, key: str) -> float | No
 
 
 def ratios(runs: list[dict]) -> list[dict]:
-    """Herald / peer per latency, best run of each: calls/s (steady) and calls per CPU-second."""
+    """Herald / peer per latency, best run of each: calls/s (steady), calls per CPU-second
+    over the run and after its first quarter."""
     out = []
     for lat in sorted({r["latency_ms"] for r in runs}):
         for peer in sorted({r["system"] for r in runs} - {"herald"}):
             row = {"latency_ms": lat, "peer": peer}
-            for key in ("calls_per_s_steady", "calls_per_cpu_s"):
+            for key in ("calls_per_s_steady", "calls_per_cpu_s", "steady_calls_per_cpu_s"):
                 h, p = best(runs, "herald", lat, key), best(runs, peer, lat, key)
                 row[key] = round(h / p, 2) if h and p else None
                 row[f"herald_{key}"], row[f"peer_{key}"] = h, p
@@ -209,28 +221,35 @@ def write(runs: list[dict], at_start: dict) -> None:
         " Herald does more on top: Redis token buckets, the retry topic wiring, circuit"
         " breakers, `seq` ordering with gap holds, `send_at`, per-class isolation.", "",
         "| system | mock latency | calls/s steady | calls/s incl. drain | CPU s (process tree)"
-        " | cores busy | cores when idle | calls per CPU-second | exact | per-user order |"
-        " start-up s | load 1m before → after |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        " | cores busy | cores when idle | calls per CPU-second | after the first quarter |"
+        " exact | per-user order | start-up s | load 1m before → after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         lines.append(
             f"| {r['system']} | {r['latency_ms']} ms | {r['calls_per_s_steady']:,} |"
             f" {r['calls_per_s']:,} | {r['cpu_s']} | {r['cpu_share']} |"
             f" {r.get('idle_cpu_share', '-')} |"
-            f" **{r['calls_per_cpu_s'] or 0:,}** |"
+            f" **{r['calls_per_cpu_s'] or 0:,}** | {thousands(r.get('steady_calls_per_cpu_s'))} |"
             f" {exact_cell(r)} |"
             f" {'yes' if r['per_user_order'] else 'NO'} | {r['startup_s']} |"
             f" {r['load_1m_before']} → {r['load_1m_after']} |")
     lines += ["", "Ratios Herald / peer, best run of each (above 1: Herald ahead):", "",
               "| mock latency | peer | calls/s steady: Herald / peer = ratio |"
-              " calls per CPU-second: Herald / peer = ratio |", "|---|---|---|---|"]
+              " calls per CPU-second: Herald / peer = ratio |"
+              " after the first quarter: Herald / peer = ratio |", "|---|---|---|---|---|"]
     for q in doc["ratios_herald_over_peer"]:
         lines.append(f"| {q['latency_ms']} ms | {q['peer']} | {q['herald_calls_per_s_steady']} /"
                      f" {q['peer_calls_per_s_steady']} = **{q['calls_per_s_steady']}** |"
                      f" {q['herald_calls_per_cpu_s']} / {q['peer_calls_per_cpu_s']} ="
-                     f" **{q['calls_per_cpu_s']}** |")
+                     f" **{q['calls_per_cpu_s']}** |"
+                     f" {q['herald_steady_calls_per_cpu_s']} /"
+                     f" {q['peer_steady_calls_per_cpu_s']} = **{q['steady_calls_per_cpu_s']}** |")
     lines += ["", "What bounds each system (its best run per latency):", ""] + bounds(runs)
     write_markdown(RESULTS / "peers.md", "\n".join(lines) + "\n")
+
+
+def thousands(value) -> str:
+    return f"{value:,}" if value else "-"
 
 
 def exact_cell(r: dict) -> str:
@@ -279,7 +298,7 @@ def bounds(runs: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=60_000)
+    parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--latencies", default="0,10")
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--timeout", type=float, default=240)
