@@ -385,13 +385,6 @@ def bench_settings():
     return s
 
 
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def flink_hot_operators(port: int) -> list[dict]:
     """Each vertex of the running job: its busiest subtask's busy and backpressured ms/s."""
     def get(path: str):

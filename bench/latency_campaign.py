@@ -43,12 +43,13 @@ if str(ROOT) not in sys.path:
 import orjson  # noqa: E402
 
 from bench.common import (BENCH_DEDUP_TTL_MS, RESULTS, Mock, bench_settings,  # noqa: E402
-                          drop_topics, flink_hot_operators, free_port, machine, percentile,
+                          drop_topics, flink_hot_operators, machine, percentile,
                           start_system, stop_system, tree_cpu_seconds, wait_accepted,
                           write_markdown)
 from bench.expansion import campaign  # noqa: E402
 from bench.loadgen import RecordFactory, generate  # noqa: E402
 from herald_stack.components import Stack  # noqa: E402
+from herald_stack.processes import free_port  # noqa: E402
 
 SEGMENT_USERS = 1_000_000
 P99_TARGET_MS, P99_STRETCH_MS = 300, 100

@@ -34,12 +34,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import (BENCH_DEDUP_TTL_MS, RESULTS, Mock, bench_settings,  # noqa: E402
-                          drop_topics, exactness, flink_hot_operators, free_port, machine,
+                          drop_topics, exactness, flink_hot_operators, machine,
                           per_user_order_ok,
                           start_system, stop_system, tree_cpu_seconds, wait_accepted,
                           write_markdown)
 from bench.loadgen import RecordFactory, generate  # noqa: E402
 from herald_stack.components import Stack  # noqa: E402
+from herald_stack.processes import free_port  # noqa: E402
 
 QUIX_VENV = ROOT / ".venv-quix"
 WARMUP = 200

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,6 +19,34 @@ def port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex((host, port)) == 0
+
+
+# Where free_port looks: above Linux's ephemeral range (32768–60999 by default), from which the
+# kernel hands out the local ports of outgoing connections and of binds to port 0; the stack's
+# own ports (settings, CI's) are all below it.
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on, for a server started a moment later. Taken above the
+    ephemeral range: a port the kernel gave out for a bind to port 0 is also one it may give
+    to the next outgoing connection, which then holds it when the server binds (a bench's
+    Flink REST endpoint failed so once). Falls back to the kernel's pick when none is free
+    there or the range is unknown."""
+    try:
+        first = int(EPHEMERAL_RANGE.read_text().split()[1]) + 1
+    except (OSError, ValueError, IndexError):
+        first = 65_536
+    for port in random.sample(range(first, 65_536), min(64, max(0, 65_536 - first))):
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout_s: float = 60.0,

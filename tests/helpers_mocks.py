@@ -51,12 +51,6 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> bool:
     return False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class MockProcess:
     """``python -m herald_mocks`` in a subprocess; ready once its readiness line is printed."""
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from herald_api.audit import AuditConsumer
 from herald_api.openapi import build_openapi
 from herald_api.server import ApiServer
 from herald_api.store import IdempotencyStore
+from herald_stack.processes import free_port
 from tests.integration.kafka_io import produce, read_all
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -605,12 +605,6 @@ def test_segment_violations_are_422(api, path, body, field):
 
 
 # ---------------------------------------------------------------- backing stores down: 503
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class FailingOnceProducer:
     """Stands in for Kafka refusing one record: the first send fails, later ones are counted."""

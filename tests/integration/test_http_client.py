@@ -14,7 +14,8 @@ import pytest
 from herald.providers.base import ProviderRequest
 from herald.providers.registry import Registry
 from herald.settings import Settings
-from tests.helpers_mocks import MockProcess, free_port, make_notification
+from herald_stack.processes import free_port
+from tests.helpers_mocks import MockProcess, make_notification
 from udfs.http_client import (BlockingBatchClient, ChainHalted, ConnectError, HttpClient,
                               RequestTimeout, Response, UnsupportedRequest)
 

@@ -3,23 +3,17 @@ scraped at the reporter's port while it runs."""
 from __future__ import annotations
 
 import re
-import socket
 import time
 
 import requests
 
 from herald.metrics import PREFIX
+from herald_stack.processes import free_port
 from tests.integration.jobs import RunningJob
 from tests.integration.kafka_io import produce, read_until
 from tests.integration.records import note, now_ms
 
 SERIES = re.compile(r'^(\w+)\{([^}]*)\}\s+(\S+)$')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> dict[tuple[str, str], float]:

@@ -18,7 +18,8 @@ import requests
 from herald.providers import (OK, PERMANENT, RETRYABLE, THROTTLED, ApnsAdapter, FcmAdapter,
                               SendGridAdapter, TwilioAdapter, apns_id_for)
 from herald.settings import Settings
-from tests.helpers_mocks import (MockProcess, free_port, make_notification, send, send_h2,
+from herald_stack.processes import free_port
+from tests.helpers_mocks import (MockProcess, make_notification, send, send_h2,
                                  wait_for_port)
 
 ADAPTERS = {"fcm": FcmAdapter(), "apns": ApnsAdapter(), "twilio": TwilioAdapter(),
