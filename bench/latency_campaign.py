@@ -351,8 +351,9 @@ def bound(r: dict) -> str:
     verdict = ("met" if p99 is not None and p99 <= P99_TARGET_MS else "MISSED")
     stretch = ("met" if p99 is not None and p99 <= P99_STRETCH_MS else "not met")
     return (f"{r['rate']:.0f}/s: p99 during the campaign {p99} ms, target ≤ {P99_TARGET_MS}"
-            f" {verdict}, stretch ≤ {P99_STRETCH_MS} {stretch}. Machine busy {r['machine_busy_campaign']:.0%} of 2 cores during the"
-            f" campaign ({r['machine_busy_alone']:.0%} alone); delivery job"
+            f" {verdict}, stretch ≤ {P99_STRETCH_MS} {stretch}. Machine busy"
+            f" {r['machine_busy_campaign']:.0%} of 2 cores during the campaign"
+            f" ({r['machine_busy_alone']:.0%} alone); delivery job"
             f" {r['cpu_share_campaign']['delivery']} cores, expansion"
             f" {r['cpu_share_campaign'].get('expansion', '-')}; load 1m {r['load_1m_before']} →"
             f" {r['load_1m_after']}. Busiest operators mid-campaign: {hot_s or 'n/a'}.")
