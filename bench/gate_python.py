@@ -48,6 +48,9 @@ class _MapState(dict):
     def put_all(self, entries: dict) -> None:
         self.update(entries)
 
+    def remove(self, key) -> None:
+        self.pop(key, None)
+
 
 class _ValueState:
     def __init__(self):

@@ -70,13 +70,16 @@ def build_pipeline(env, t_env, settings: Settings, tables: Tables = Tables()) ->
     env.get_config().enable_object_reuse()
     if tables == Tables():
         register_expansion_tables(t_env, settings)
-    # Only the key (campaign id) and the raw record cross into Python.
+    # Only the key (tenant and campaign id: ids are chosen by tenants) and the raw record cross
+    # into Python.
+    tenant = "COALESCE(JSON_VALUE(v, '$.tenant_id'), '')"
     campaigns = t_env.to_data_stream(t_env.sql_query(
-        f"SELECT COALESCE(JSON_VALUE(v, '$.campaign_id'), k, '') AS ckey, k, v "
-        f"FROM {tables.campaigns}"))
+        f"SELECT CONCAT({tenant}, CHR(31), COALESCE(JSON_VALUE(v, '$.campaign_id'), k, '')) "
+        f"AS ckey, k, v FROM {tables.campaigns}"))
     cancels = t_env.to_data_stream(t_env.sql_query(
-        f"SELECT COALESCE(JSON_VALUE(v, '$.campaign_id'), '') AS ckey, k, v "
-        f"FROM {tables.control} WHERE JSON_VALUE(v, '$.kind') = '{CANCEL_CAMPAIGN}'"))
+        f"SELECT CONCAT({tenant}, CHR(31), COALESCE(JSON_VALUE(v, '$.campaign_id'), '')) "
+        f"AS ckey, k, v FROM {tables.control} "
+        f"WHERE JSON_VALUE(v, '$.kind') = '{CANCEL_CAMPAIGN}'"))
     batches = (campaigns.connect(cancels)
                .key_by(lambda r: r[0], lambda r: r[0], key_type=Types.STRING())
                .process(ExpandFunction(settings), output_type=BATCH)

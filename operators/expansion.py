@@ -1,4 +1,5 @@
-"""The expansion operator: campaigns and cancels in (keyed by campaign id), batches out.
+"""The expansion operator: campaigns and cancels in (keyed by tenant and campaign id), batches
+out.
 
 The decisions are `herald.campaigns.Expander`'s; this function keeps its `Expansion` (cursor
 included) in keyed, checkpointed state, drives the processing-time timers, and reads the rows
@@ -47,7 +48,7 @@ def now_ms() -> int:
 
 class ExpandFunction(KeyedCoProcessFunction):
     """Input 1: campaign rows (ckey, k, v); input 2: cancel-control rows (ckey, k, v); both keyed
-    by campaign id, so a cancel meets the state of the campaign it names."""
+    by tenant and campaign id, so a cancel meets the state of the campaign it names."""
 
     def __init__(self, settings: Settings):
         self.settings = settings

@@ -3,8 +3,8 @@ subtask, `operators/lanes.py`); what may be sent goes to the providers from here
 
 The batch comes from the SQL window in `sql/batches.sql`: Python is entered once per batch.
 Records are keyed by user in Kafka, so a partition (and so a lane) holds all of a user's records;
-this operator is keyed by lane and keeps one packed `GateState` per user in a MapState (dedup,
-per-user order, holds). The decisions are `herald.gate.Gate`'s.
+this operator is keyed by lane and keeps one packed `GateState` per tenant's user in a MapState
+(dedup, per-user order, holds). The decisions are `herald.gate.Gate`'s.
 
 Holds (a `send_at`, a gap in `seq`) use processing-time timers: a watermark only moves when
 records arrive, so an event-time timer would stall on a quiet topic, and expiry is about the
@@ -70,6 +70,9 @@ from operators.threads import class_turns, run_at_class_priority
 from udfs.call_stage import split_by_user
 
 SWEEP = "\x00sweep"  # the lane's next state sweep, kept among the users' deadlines
+# A user's state is kept under tenant, this and the user id: ids are chosen by tenants, and
+# "\x1f" never occurs in a valid id (herald.models), so no two tenants' users share a state.
+TENANT_USER = "\x1f"
 
 
 def now_ms() -> int:
@@ -111,6 +114,7 @@ class GateFunction(KeyedProcessFunction):
         self.deadlines = None
         self.cache: dict[tuple[int, str], bytes] = {}  # (lane key, user) → packed GateState
         self.calls = None
+        self.migrate_until = 0
         self.metrics = None
         self.turn = self.pause = None  # operators/threads.py: critical first in the interpreter
         self.drops = Counter()  # this batch's drops by reason, and dead letters: for metrics
@@ -129,6 +133,9 @@ class GateFunction(KeyedProcessFunction):
         self.turn, self.pause = class_turns(s, self.priority)
         from udfs.call_stage import make_call_stage
         self.calls = make_call_stage(s, self.priority, pause=self.pause)
+        # States kept under a bare user id (before the tenant scope) expire by this time.
+        self.migrate_until = (self.calls.markers.old_keys_before + s.dedup_ttl_ms
+                              + s.critical_default_ttl_ms)
 
     def close(self):
         if self.calls is not None:
@@ -172,10 +179,11 @@ class GateFunction(KeyedProcessFunction):
             out: list = []
             for n in part:
                 pause()
-                user = n.user_id
+                user = f"{n.tenant_id}{TENANT_USER}{n.user_id}"
                 gate_state = touched.get(user)
                 if gate_state is None:
-                    gate_state = self._load(shard, user) or self.gate.new_state()
+                    gate_state = (self._load(shard, user) or self._migrate(shard, n.user_id, at)
+                                  or self.gate.new_state())
                     touched[user] = gate_state
                 decision = self.gate.process(gate_state, n, at)
                 self._collect(decision, user, deadlines, out, at)
@@ -216,6 +224,19 @@ class GateFunction(KeyedProcessFunction):
         packed = self.cache.pop((shard, user), None)  # popped: re-put as the newest
         if packed is None:
             packed = self.users.get(user)
+        return unpack(packed)
+
+    def _migrate(self, shard: int, user_id: str, at: int):
+        """A state that a version without the tenant scope kept under the bare user id (it held
+        every tenant's user of that id): the first tenant's user to come by after the upgrade
+        takes it over, so a restore keeps its dedup, order and holds. Only looked for while
+        such states can still be alive."""
+        if at >= self.migrate_until:
+            return None
+        packed = self.cache.pop((shard, user_id), None) or self.users.get(user_id)
+        if packed is None:
+            return None
+        self.users.remove(user_id)
         return unpack(packed)
 
     def _store(self, shard: int, touched: dict) -> None:

@@ -5,7 +5,7 @@ The records come from the class's retry topic (written by `operators.calls`), th
 SQL window as fresh records (`sql/batches.sql`), so Python is entered once per batch. This path
 bypasses the gate on purpose: the gate's dedup would drop a second try of an id it has seen.
 Duplicates of one re-queue (a replay after a crash writes it again) are dropped here by
-``(id, redrive, step)``; anything else is kept by the Redis sent marker in the call stage.
+``(tenant, id, redrive, step)``; anything else is kept by the Redis sent marker in the call stage.
 
 Waiting records sit in a MapState by due time (rounded up to ``BUCKET_MS``), with one
 processing-time timer per due time (Flink keeps one timer per key and time), so a timer reads
@@ -77,7 +77,7 @@ class RetryWaitFunction(KeyedProcessFunction):
                     raw or "", f"retry record: {exc}", states.STAGE_PARSE, at))
                 continue
             key = task.dedup_key()
-            if self.seen.contains(key):
+            if self.seen.contains(key) or self.seen.contains(task.legacy_dedup_key()):
                 continue  # the same re-queue written twice (a replay): once is enough
             self.seen.put(key, True)
             if not_before <= at:

@@ -84,7 +84,7 @@ from herald.settings import Settings
 from herald.templates import TemplateCache, TemplateError
 from udfs.http_client import ChainHalted, HttpClientError
 from udfs.lookups import BatchLookups, cancelled_campaigns
-from udfs.markers import SentMarkers
+from udfs.markers import SentMarkers, marker
 from udfs.rates import ProviderRates
 from udfs.requeue import Task, encode_retry
 from udfs.transport import make_transport
@@ -162,13 +162,14 @@ class BatchCalls:
         begun together must not share a user: chains (per-user order) are per batch."""
         out = StageOutput()
         at = clock_ms()
-        tasks, ids = [], set()
+        tasks, marks = [], set()
         for i, item in enumerate(batch):
             task = item if isinstance(item, Task) else Task.fresh(item)
             task.order = i
-            if task.n.id in ids:
+            task.mark = marker(task.n)
+            if task.mark in marks:
                 continue  # two copies in one batch (a replayed retry record): one is enough
-            ids.add(task.n.id)
+            marks.add(task.mark)
             if task.n.is_expired(at):
                 self._expired(task, at, "expired before the provider call", out)
             else:
@@ -180,13 +181,13 @@ class BatchCalls:
             lookups.want(task.n, user=preferences.needs_user(
                 task.n, critical_opt_outs=s.critical_honours_opt_outs,
                 critical_quiet_hours=not s.quiet_hours_bypass_critical))
-        sent_before, in_flight_at_crash = self.markers.claim([t.n.id for t in tasks],
+        sent_before, in_flight_at_crash = self.markers.claim([t.n for t in tasks],
                                                              lookups=lookups)
-        out.unclaim.extend(t.n.id for t in tasks if t.n.id in sent_before)
+        out.unclaim.extend(t.mark for t in tasks if t.mark in sent_before)
         waiting = []
         for task in tasks:
             self.pause()
-            if task.n.id in sent_before:
+            if task.mark in sent_before:
                 # A replay after a restore (or a redrive of something delivered): the provider
                 # has it, and the status that said so may have died with the crash.
                 out.statuses.append(Status.of(task.n, states.DELIVERED, at, channel=task.channel,
@@ -285,7 +286,7 @@ class BatchCalls:
             out.statuses.append(Status.of(task.n, states.OPTED_OUT, now, channel=ch,
                                           attempt=task.attempt, detail=detail))
         if channel is None:
-            out.unclaim.append(task.n.id)
+            out.unclaim.append(task.mark)
             return False
         if channel != task.channel:
             task.channel, task.attempt = channel, 1
@@ -307,7 +308,7 @@ class BatchCalls:
         return kept
 
     def _cancelled(self, task: Task, now: int, out: StageOutput) -> None:
-        out.unclaim.append(task.n.id)
+        out.unclaim.append(task.mark)
         out.statuses.append(Status.of(task.n, states.CANCELLED, now, channel=task.channel,
                                       attempt=task.attempt,
                                       detail=f"campaign {task.n.campaign_id!r} was cancelled"))
@@ -364,7 +365,7 @@ class BatchCalls:
         go.sort(key=lambda t: t.order)
         return Round(go, later, self.transport.start([t.request for t in go],
                                                      self.settings.provider_max_in_flight,
-                                                     keys=[t.n.user_id for t in go],
+                                                     keys=[t.chain for t in go],
                                                      stop_chain=stops_chain), min_wait)
 
     def _land(self, step: "Round", crashed: set[str], accepted: list[str],
@@ -380,7 +381,8 @@ class BatchCalls:
         answers = self.transport.wait(step.calls)
         done = clock_ms()
         halted: list[Task] = []
-        behind: dict[str, tuple[str, int | None]] = {}  # user → fate of the call they wait on
+        # (tenant, user) → fate of the call their later calls wait on
+        behind: dict[tuple[str, str], tuple[str, int | None]] = {}
         throttled: dict[str, int] = {}  # provider → longest Retry-After among this round's 429s
         for task, answer in zip(go, answers):
             if isinstance(answer, ChainHalted):
@@ -392,7 +394,7 @@ class BatchCalls:
             # flight together are one signal, not one each.
             self.rates.on_throttle(name, retry_after_ms)
         for task in halted:
-            fate, not_before = behind.get(task.n.user_id, ("wait", None))
+            fate, not_before = behind.get(task.chain, ("wait", None))
             if fate == "requeue":
                 self._defer(task, done, not_before,
                             "waits behind an earlier message of the same user", out)
@@ -441,14 +443,14 @@ class BatchCalls:
             task.remember(Attempt(task.channel, name, task.attempt, now, outcome.kind.value,
                                   outcome.detail, outcome.status).to_dict())
         breaker = self.breakers[name]
-        user = task.n.user_id
+        user = task.chain
         if outcome.kind is not Kind.RETRYABLE and breaker.state != CLOSED:
             breaker.record_success()  # a probe answered: the provider is up, whatever it said
         if outcome.kind is Kind.OK:
             breaker.record_success()
             self.rates.on_success(name)
-            accepted.append(task.n.id)
-            detail = RESENT_AFTER_CRASH if task.n.id in crashed else None
+            accepted.append(task.mark)
+            detail = RESENT_AFTER_CRASH if task.mark in crashed else None
             out.statuses.append(Status.of(task.n, states.DELIVERED, now, channel=task.channel,
                                           provider=name, attempt=task.attempt,
                                           latency_ms=now - task.n.created_at, detail=detail))
@@ -519,7 +521,7 @@ class BatchCalls:
     def _dead(self, task: Task, reason: str, now: int, out: StageOutput, *, channel: str,
               provider: str | None) -> None:
         """``failed`` and one dead letter with the reason and the attempt history."""
-        out.unclaim.append(task.n.id)
+        out.unclaim.append(task.mark)
         out.statuses.append(Status.of(task.n, states.FAILED, now, channel=channel,
                                       provider=provider, attempt=task.attempt, detail=reason))
         record = task.n.to_dict()
@@ -533,7 +535,7 @@ class BatchCalls:
             self._expired(task, now, f"{detail}; not before expires_at", out)
             return
         task.step += 1
-        out.unclaim.append(task.n.id)
+        out.unclaim.append(task.mark)
         out.statuses.append(Status.of(task.n, states.RETRYING, now, channel=task.channel,
                                       provider=provider or (task.adapter.name if task.adapter
                                                             else None),
@@ -542,7 +544,7 @@ class BatchCalls:
         out.retries.append((task.n.user_id, encode_retry(task, not_before)))
 
     def _expired(self, task: Task, now: int, detail: str, out: StageOutput) -> None:
-        out.unclaim.append(task.n.id)
+        out.unclaim.append(task.mark)
         out.statuses.append(Status.of(task.n, states.EXPIRED, now, channel=task.channel,
                                       attempt=task.attempt, detail=detail))
 
@@ -555,13 +557,14 @@ def split_by_user(notes: Sequence[Notification], part_size: int) -> list[list[No
     if part_size <= 0 or len(notes) <= part_size:
         return [list(notes)] if notes else []
     parts: list[list[Notification]] = [[]]
-    part_of: dict[str, int] = {}
+    part_of: dict[tuple[str, str], int] = {}
     for n in notes:
-        i = part_of.get(n.user_id)
+        user = (n.tenant_id, n.user_id)
+        i = part_of.get(user)
         if i is None:
             if len(parts[-1]) >= part_size:
                 parts.append([])
-            i = part_of[n.user_id] = len(parts) - 1
+            i = part_of[user] = len(parts) - 1
         parts[i].append(n)
     return parts
 

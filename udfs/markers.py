@@ -3,8 +3,10 @@
 Keyed state dedups replays of the log; after a restore from a checkpoint the records since that
 checkpoint are replayed into state that has never seen them, so Redis is what remembers:
 
-* ``herald:sent:{id}`` is claimed right before the call (value ``0``, SET NX) and set to ``1``
-  right after the provider accepts (or deleted, if the call did not happen).
+* ``herald:once:{tenant}:{id}`` is claimed right before the call (value ``0``, SET NX) and set
+  to ``1`` right after the provider accepts (or deleted, if the call did not happen). Ids are
+  chosen by tenants, so the key holds both (a tenant id never contains ``:``): one tenant's id
+  never stops another's notification.
 
 A replayed id whose marker is ``1`` is a duplicate and is not sent. A replayed id whose claim is
 still ``0`` was in flight when the job died: the provider may or may not have it, and no
@@ -20,6 +22,13 @@ the ``sent`` one doubled the server's work (bench/results/delivery_throughput.md
 build the key names, so they need one Redis (or, on Redis Cluster, every key of a batch in one
 slot: not done yet). ``SET ... NX GET`` needs Redis 7.0 or later.
 
+Versions before the tenant scope kept ``herald:sent:{id}``. So that a restore from their
+checkpoints does not re-send what they sent, a notification created before the first start of
+this version (``herald:once:since``, set once) is also checked against its old key: ``1`` there
+is sent before, ``0`` in flight at a crash. Later notifications never read old keys, so a
+collision of two tenants' ids can only matter for what was already in the log at the upgrade,
+and only until the old keys expire (``dedup_ttl_ms``).
+
 A settle may wait (``settle(..., now=False)``) and ride in the next claim's round trip, or go
 with ``flush``: the gate sends a batch in parts, and a round trip per part for its settle
 alone was a wait the gate could not use. A settle that waits widens the crash window by as
@@ -27,26 +36,43 @@ long as it waits; the gate flushes before each batch ends.
 """
 from __future__ import annotations
 
+import time
 from typing import Iterable
 
 import redis
 
-SENT = "herald:sent:{}"
+MARKER = "herald:once:{}"  # the argument is ``marker(notification)``
+LEGACY = "herald:sent:{}"  # versions without the tenant scope: the id alone
+SINCE = "herald:once:since"  # epoch ms of the first start of a version with the tenant scope
 CLAIMED, DONE = b"0", b"1"  # the marker's values: a call in flight, a call the provider accepted
 
-# ARGV: ttl_ms, id... → one digit per id: 1 = sent before, 2 = claimed by an earlier (crashed)
-# call, 0 = claimed now, ours.
+# ARGV: ttl_ms, n, marker..., then (position, old id) pairs to check under the old keys → one
+# digit per marker: 1 = sent before, 2 = claimed by an earlier (crashed) call, 0 = claimed now,
+# ours. A marker the old key says was sent is set to sent under the new key too.
 _CLAIM = """
 local ttl = ARGV[1]
+local n = tonumber(ARGV[2])
 local out = {}
-for i = 2, #ARGV do
-  local old = redis.call('SET', 'herald:sent:' .. ARGV[i], '0', 'NX', 'PX', ttl, 'GET')
+for i = 1, n do
+  local old = redis.call('SET', 'herald:once:' .. ARGV[2 + i], '0', 'NX', 'PX', ttl, 'GET')
   if not old then
-    out[i - 1] = '0'
+    out[i] = '0'
   elseif old == '1' then
-    out[i - 1] = '1'
+    out[i] = '1'
   else
-    out[i - 1] = '2'
+    out[i] = '2'
+  end
+end
+for j = 3 + n, #ARGV, 2 do
+  local i = tonumber(ARGV[j])
+  if out[i] == '0' then
+    local old = redis.call('GET', 'herald:sent:' .. ARGV[j + 1])
+    if old == '1' then
+      out[i] = '1'
+      redis.call('SET', 'herald:once:' .. ARGV[2 + i], '1', 'PX', ttl)
+    elseif old then
+      out[i] = '2'
+    end
   end
 end
 return table.concat(out)
@@ -58,7 +84,7 @@ _SETTLE = """
 local ttl = ARGV[1]
 local last_accepted = 2 + tonumber(ARGV[2])
 for i = 3, #ARGV do
-  local key = 'herald:sent:' .. ARGV[i]
+  local key = 'herald:once:' .. ARGV[i]
   if i <= last_accepted then
     redis.call('SET', key, '1', 'PX', ttl)
   elseif redis.call('GET', key) == '0' then
@@ -71,31 +97,52 @@ return #ARGV - 2
 SENT_BEFORE, IN_FLIGHT_AT_CRASH = ord("1"), ord("2")
 
 
+def marker(n) -> str:
+    """A notification's marker name: its tenant and id (a tenant id never contains ``:``)."""
+    return f"{n.tenant_id}:{n.id}"
+
+
 class SentMarkers:
-    def __init__(self, client: redis.Redis, ttl_ms: int):
+    def __init__(self, client: redis.Redis, ttl_ms: int, *, old_keys_before: int | None = None):
+        """``old_keys_before``: notifications created before it are checked under the old keys
+        too; by default the first start of this version, kept in Redis (``SINCE``)."""
         self.client = client
         self.ttl_ms = ttl_ms
+        if old_keys_before is None:
+            client.set(SINCE, time.time_ns() // 1_000_000, nx=True)
+            old_keys_before = int(client.get(SINCE))
+        self.old_keys_before = old_keys_before
+        # After this, every old key has expired: nothing is looked up under them any more.
+        self.old_keys_until = old_keys_before + ttl_ms
         self._claim = client.register_script(_CLAIM)
         self._settle = client.register_script(_SETTLE)
         self._accepted: list[str] = []  # settles not sent yet (``settle(..., now=False)``)
         self._not_sent: list[str] = []
 
-    def claim(self, ids: list[str], *, lookups=None) -> tuple[set[str], set[str]]:
-        """Claim ``ids`` for sending, in one round trip; ``lookups`` (``udfs.lookups``) rides
-        along with its reads in the same pipeline.
+    def claim(self, notes: list, *, lookups=None) -> tuple[set[str], set[str]]:
+        """Claim ``notes`` (notifications) for sending, in one round trip; ``lookups``
+        (``udfs.lookups``) rides along with its reads in the same pipeline.
 
-        Returns (already sent: do not send; in flight at an earlier crash: send, and say so).
+        Returns the markers (``marker(n)``) already sent: do not send; and those in flight at
+        an earlier crash: send, and say so.
         """
-        if not ids:
+        if not notes:
             return set(), set()
+        marks = [marker(n) for n in notes]
+        args = [self.ttl_ms, len(marks), *marks]
+        if time.time_ns() // 1_000_000 < self.old_keys_until:
+            before = self.old_keys_before
+            for i, n in enumerate(notes, 1):
+                if n.created_at < before:
+                    args += (i, n.id)
         if lookups is None and not self._pending():
-            found = self._claim(args=[self.ttl_ms, *ids])
+            found = self._claim(args=args)
         else:
-            found = self._claim_with(lookups, [self.ttl_ms, *ids])
-        if found.count(b"0") == len(ids):  # the usual batch: all fresh
+            found = self._claim_with(lookups, args)
+        if found.count(b"0") == len(marks):  # the usual batch: all fresh
             return set(), set()
-        already = {i for i, f in zip(ids, found) if f == SENT_BEFORE}
-        crashed = {i for i, f in zip(ids, found) if f == IN_FLIGHT_AT_CRASH}
+        already = {m for m, f in zip(marks, found) if f == SENT_BEFORE}
+        crashed = {m for m, f in zip(marks, found) if f == IN_FLIGHT_AT_CRASH}
         return already, crashed
 
     def _claim_with(self, lookups, args: list) -> bytes:
@@ -126,8 +173,9 @@ class SentMarkers:
 
     def settle(self, accepted: Iterable[str], not_sent: Iterable[str] = (), *,
                now: bool = True) -> None:
-        """Mark ``accepted`` sent and drop every claim, these and ``not_sent``: in one round
-        trip now, or (``now=False``) with the next claim or ``flush``."""
+        """Mark ``accepted`` sent and drop every claim, these and ``not_sent`` (markers, as
+        ``claim`` names them): in one round trip now, or (``now=False``) with the next claim or
+        ``flush``."""
         self._accepted.extend(accepted)
         self._not_sent.extend(not_sent)
         if now:

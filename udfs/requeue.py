@@ -38,6 +38,7 @@ class Task:
     adapter: Any = None
     request: Any = None
     order: int = 0
+    mark: str = ""          # its sent marker's name (udfs.markers.marker)
     # from the batch's lookups (udfs.lookups): never written to the retry topic, read again
     user: Any = None        # herald.users.UserRecord, or None
     no_user: bool = False   # looked up and not in the user store
@@ -53,7 +54,18 @@ class Task:
         if len(self.history) > MAX_HISTORY:
             del self.history[MAX_HISTORY // 2]
 
+    @property
+    def chain(self) -> tuple[str, str]:
+        """Whose calls go out one after another: the tenant's user."""
+        return self.n.tenant_id, self.n.user_id
+
     def dedup_key(self) -> str:
+        """One re-queue of one notification: the tenant's id (``\x1f`` never occurs in ids),
+        the redrive and the step."""
+        return f"{self.n.tenant_id}\x1f{self.n.id}|{self.redrive}|{self.step}"
+
+    def legacy_dedup_key(self) -> str:
+        """``dedup_key`` as versions without the tenant scope wrote it (read after a restore)."""
         return f"{self.n.id}|{self.redrive}|{self.step}"
 
 

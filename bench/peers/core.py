@@ -30,7 +30,7 @@ from herald.providers.exceptions import ProviderError
 from herald.providers.registry import Registry
 from herald.settings import Settings
 from udfs.http_client import BlockingBatchClient, HttpClientError
-from udfs.markers import SentMarkers
+from udfs.markers import SentMarkers, marker
 
 
 def now_ms() -> int:
@@ -82,10 +82,10 @@ class Caller:
                 out.append(self._status(n, states.EXPIRED, at, detail="expired before the call"))
             else:
                 live.append(n)
-        sent_before, _ = self.markers.claim([n.id for n in live])
+        sent_before, _ = self.markers.claim(live)
         reqs, keys, calls = [], [], []
         for n in live:
-            if n.id in sent_before:
+            if marker(n) in sent_before:
                 out.append(self._status(n, states.DELIVERED, at, detail="sent before a restart"))
                 continue
             channel = n.channels[0]
@@ -106,12 +106,12 @@ class Caller:
             else:
                 outcome = adapter.classify(answer.status, answer.headers, answer.body)
             if outcome.kind is Kind.OK:
-                accepted.append(n.id)
+                accepted.append(marker(n))
                 out.append(self._status(n, states.DELIVERED, done, channel=channel,
                                         provider=adapter.name, attempt=1,
                                         latency_ms=done - n.created_at))
             else:
-                released.append(n.id)
+                released.append(marker(n))
                 out.append(self._status(n, states.FAILED, done, channel=channel,
                                         provider=adapter.name, attempt=1, detail=outcome.detail))
         self.markers.settle(accepted, released)

@@ -19,6 +19,7 @@ from herald.providers.apns import apns_id_for
 from herald.ratelimit import RedisRateLimiter
 from tests.helpers_mocks import MockProcess, make_notification
 from udfs.quotas import QuotaChange, QuotaStore
+from udfs.markers import MARKER, marker
 from udfs.requeue import decode_retry
 
 
@@ -83,9 +84,9 @@ def test_batches_begun_together_complete_with_every_call_once_and_in_user_order(
         theirs = [n.id for n in everything if n.user_id == user]
         assert [i for i in log if i in set(theirs)] == theirs
     # The last part's settle waits for the next claim or the flush the gate ends a batch with.
-    assert {stage.redis.get(f"herald:sent:{n.id}") for n in parts[-1]} == {b"0"}
+    assert {stage.redis.get(MARKER.format(marker(n))) for n in parts[-1]} == {b"0"}
     stage.flush()
-    assert {stage.redis.get(f"herald:sent:{n.id}") for n in everything} == {b"1"}
+    assert {stage.redis.get(MARKER.format(marker(n))) for n in everything} == {b"1"}
 
 
 def test_an_invalid_push_token_falls_back_to_sms(mocks, make_stage):
@@ -144,7 +145,7 @@ def test_a_retryable_answer_is_requeued_with_backoff_and_its_claim_released(mock
         assert before <= not_before <= now_ms() + base_settings.retry_initial_delay_ms
         assert [h["outcome"] for h in task.history] == ["retryable"]
     client = redis_lib.Redis(host=base_settings.redis_host, port=base_settings.redis_port)
-    assert not any(client.exists(f"herald:sent:{n.id}") for n in batch)  # a fresh claim later
+    assert not any(client.exists(MARKER.format(marker(n))) for n in batch)  # a fresh claim later
     client.close()
 
 
@@ -224,7 +225,7 @@ def test_what_a_round_sent_is_marked_sent_before_the_batch_waits_for_more_tokens
     seen_while_waiting = []
 
     def sleep(seconds):  # the batch blocks for tokens: what would a crash now leave behind?
-        sent = {n.id for n in batch if client.get(f"herald:sent:{n.id}") == b"1"}
+        sent = {n.id for n in batch if client.get(MARKER.format(marker(n))) == b"1"}
         seen_while_waiting.append((sent, {r["herald_id"] for r in fcm.log()}))
         time.sleep(seconds)
     stage.sleep = sleep

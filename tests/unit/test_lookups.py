@@ -48,10 +48,10 @@ class FakeRedis:
                     for k in args[2:]]
         if name == "evalsha":  # the claim script
             found = b""
-            for i in args[3:]:  # sha, numkeys, ttl, ids
-                old = self.strings.get(f"herald:sent:{i}")
+            for i in args[4:4 + args[3]]:  # sha, numkeys, ttl, n, markers
+                old = self.strings.get(f"herald:once:{i}")
                 if old is None:
-                    self.strings[f"herald:sent:{i}"] = b"0"
+                    self.strings[f"herald:once:{i}"] = b"0"
                 found += b"0" if old is None else b"1" if old == b"1" else b"2"
             return found
         raise NotImplementedError(name)
@@ -97,7 +97,7 @@ def test_a_batch_reads_its_users_templates_and_cancels_in_the_claims_round_trip(
     lookups = BatchLookups()
     for n in batch:
         lookups.want(n, user=True)
-    SentMarkers(fake, 60_000).claim([n.id for n in batch], lookups=lookups)
+    SentMarkers(fake, 60_000, old_keys_before=0).claim(batch, lookups=lookups)
 
     assert fake.round_trips == 1
     assert fake.commands["mget"] == 2                    # templates, cancels
@@ -114,7 +114,8 @@ def test_what_is_not_wanted_is_not_read():
     lookups = BatchLookups()
     for i in range(10):
         lookups.want(note(i, f"u{i}"), user=False)
-    SentMarkers(fake, 60_000).claim([f"n{i}" for i in range(10)], lookups=lookups)
+    SentMarkers(fake, 60_000, old_keys_before=0).claim(
+        [note(i, f"u{i}") for i in range(10)], lookups=lookups)
     assert fake.round_trips == 1
     assert fake.commands == {"evalsha": 1}               # only the claim itself
 
@@ -125,7 +126,7 @@ def test_the_user_record_is_read_from_the_hash_fields_delivery_needs():
         "quiet_start": b"22:00", "quiet_end": b"07:00", "quiet_tz": b"Europe/Lisbon"}})
     lookups = BatchLookups()
     lookups.want(note(1, "u1"), user=True)
-    SentMarkers(fake, 60_000).claim(["n1"], lookups=lookups)
+    SentMarkers(fake, 60_000, old_keys_before=0).claim([note(1, "u1")], lookups=lookups)
     u = lookups.users[("acme", "u1")]
     assert (u.locale, u.opt_outs, u.quiet_hours.tz) == ("pt-BR", ("sms", "email"),
                                                         "Europe/Lisbon")

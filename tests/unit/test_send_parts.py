@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from udfs.call_stage import split_by_user
 
 
-def notes(users: list[str]) -> list[SimpleNamespace]:
-    return [SimpleNamespace(user_id=u, id=f"{u}-{i}") for i, u in enumerate(users)]
+def notes(users: list[str], tenant: str = "acme") -> list[SimpleNamespace]:
+    return [SimpleNamespace(tenant_id=tenant, user_id=u, id=f"{u}-{i}")
+            for i, u in enumerate(users)]
 
 
 def test_a_batch_within_the_size_is_one_part_and_zero_means_whole():
@@ -26,6 +27,15 @@ def test_a_user_seen_again_joins_their_part_even_when_it_is_full():
     batch = notes(["a", "b", "c", "a", "d", "e", "a", "f"])
     parts = [[n.user_id for n in part] for part in split_by_user(batch, 3)]
     assert parts == [["a", "b", "c", "a", "a"], ["d", "e", "f"]]
+
+
+def test_two_tenants_users_of_one_id_are_two_users():
+    """Their parts are apart like any two users': one tenant's user never waits in another's
+    chain, nor joins a part because a namesake is in it."""
+    acme, globex = notes(["a", "b", "c"]), notes(["a", "d"], tenant="globex")
+    parts = split_by_user(acme[:2] + acme[2:] + globex, 3)
+    assert [[(n.tenant_id, n.user_id) for n in part] for part in parts] == [
+        [("acme", "a"), ("acme", "b"), ("acme", "c")], [("globex", "a"), ("globex", "d")]]
 
 
 @given(st.lists(st.sampled_from([f"u{i}" for i in range(12)]), max_size=200),
