@@ -385,3 +385,39 @@ def test_a_100k_campaign_reaches_promo_exactly_once_across_a_kill_and_restore(
     assert_one_record_per_user("cmp-crash", records, users, c)
     done = [e for e in events_of("cmp-crash", statuses) if "complete" in e["detail"]]
     assert done and done[-1]["expanded"] == total
+
+
+def test_two_tenants_campaigns_of_one_id_both_expand_and_a_cancel_stops_only_its_own(
+        scenario_settings, job, segment, unique):
+    """Campaign ids are chosen by tenants: globex's `c-1` after acme's is a campaign of its
+    own, not "already taken", and acme's cancel of `c-1` leaves globex's running."""
+    cid = f"c-1-{unique}"
+    segment(f"big2-{unique}", [f"b-{i}" for i in range(40_000)])  # 4 s at the paced rate
+    acme = campaign(cid, f"big2-{unique}")
+    globex = campaign(cid, user_ids=[f"b-{i}" for i in range(500)], tenant_id="globex",
+                      content={"title": "globex", "body": "globex offer"})
+    produce_campaigns(scenario_settings, acme, globex)
+    read_until(scenario_settings.kafka_bootstrap, scenario_settings.topic_status,
+               lambda seen: any(s["id"] == cid and s["tenant_id"] == TENANT
+                                and s.get("expanded", 0) >= 2_000 for s in seen), job=job)
+    produce(scenario_settings.kafka_bootstrap, scenario_settings.topic_control,
+            [("cancel_campaign", cancel(cid))])  # acme's
+    statuses = read_until(
+        scenario_settings.kafka_bootstrap, scenario_settings.topic_status,
+        lambda seen: any(s["id"] == cid and s["tenant_id"] == TENANT and s["state"] == "cancelled"
+                         for s in seen) and complete(cid)(
+            [s for s in seen if s["tenant_id"] == "globex"]), job=job)
+    by_tenant = {t: [s for s in events_of(cid, statuses) if s["tenant_id"] == t]
+                 for t in (TENANT, "globex")}
+    assert {s["state"] for s in by_tenant["globex"]} == {"accepted"}  # never taken, cancelled
+    assert by_tenant["globex"][-1]["expanded"] == 500
+    assert by_tenant[TENANT][-1]["state"] == "cancelled"
+    stopped_at = by_tenant[TENANT][-1]["expanded"]
+    assert stopped_at < 40_000
+    marker = campaign(f"mark2-{unique}", user_ids=["m"])
+    produce_campaigns(scenario_settings, marker)
+    mine = of(cid, committed_after(scenario_settings, marker["campaign_id"], job))
+    globex_records = [r for r in mine if r["tenant_id"] == "globex"]
+    assert sorted(r["user_id"] for r in globex_records) == sorted(f"b-{i}" for i in range(500))
+    assert {r["content"]["body"] for r in globex_records} == {"globex offer"}
+    assert len([r for r in mine if r["tenant_id"] == TENANT]) == stopped_at

@@ -90,3 +90,34 @@ def test_a_state_stored_as_an_object_by_an_earlier_version_is_read_as_it_is():
 
 def test_no_stored_state_reads_as_none():
     assert unpack(None) is None
+
+
+class _Users(dict):
+    """A MapState stand-in: get answers None when absent."""
+    def get(self, key):
+        return dict.get(self, key)
+
+    def remove(self, key):
+        del self[key]
+
+
+def test_a_state_kept_under_a_bare_user_id_moves_to_the_first_tenants_user_once():
+    """States written before the tenant scope (key: the user id) keep their dedup, order and
+    holds after a restore: the first tenant's user of that id to come by takes it over."""
+    from herald import states
+    from operators.gate import TENANT_USER, GateFunction
+    legacy = a_state()  # n-1 seen, next seq 4
+    legacy.held[5] = (1_000, a_note(5))
+    fn = GateFunction.__new__(GateFunction)
+    fn.users, fn.cache, fn.migrate_until = _Users({"u": pack(legacy)}), {}, 10_000
+    moved = fn._load(7, f"t{TENANT_USER}u") or fn._migrate(7, "u", 2_000)
+    assert (moved.seen, moved.next_seq, set(moved.held)) == ({"n-1": 1_000}, 4, {5})
+    assert "u" not in fn.users and fn._migrate(7, "u", 2_000) is None  # moved, not copied
+    decision = Gate().process(moved, a_note(4), 900)
+    assert [n.seq for n in decision.emit] == [4, 5]  # the held one follows in order
+    replay = a_note(1)  # id n-1, seen before the upgrade
+    replay.seq = None
+    assert Gate().process(moved, replay, 900).reason == states.DUPLICATE
+    # Once every such state has expired, nothing is looked up under bare ids any more.
+    fn.users["u"] = pack(a_state())
+    assert fn._migrate(7, "u", 10_000) is None and "u" in fn.users
