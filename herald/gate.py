@@ -12,11 +12,14 @@ Rules, decided here once:
   and always for as long as the original could still be delivered. Records dropped as expired
   or cancelled are not remembered: a replay of them meets the same fate anyway.
 * **Order.** A record with ``seq`` takes its place in the user's sequence: the next expected
-  seq is released, later ones are held. A gap (missing seq) is waited for at most
-  ``gap_timeout_ms`` counted from the arrival of each held record, so no record waits for
-  missing predecessors longer than that; then the gate moves on and reports the skipped
-  ranges. A seq'd record whose ``send_at`` is still ahead keeps its place and holds the ones
-  behind it (the producer asked for that order).
+  seq is released, later ones are held. A gap (missing seq) is waited for until the log has
+  moved ``gap_timeout_ms`` past the arrival of the oldest held record; then the gate moves on
+  and reports the skipped ranges. Holds count on the log's clock (``log_ms``: the caller's
+  clock of the user's partition, from the records' log timestamps), not the wall clock: when
+  the job is seconds behind the log, a missing predecessor appended a few ms after the held
+  record has not even been read yet, and a wall-clock hold would give up on it. Without a
+  ``log_ms`` the wall clock stands in. A seq'd record whose ``send_at`` is still ahead keeps
+  its place and holds the ones behind it (the producer asked for that order).
 * **Start of a sequence.** A fresh state has no expected seq. A first arrival at or below
   ``first_seq`` (0 by default) starts the sequence at once; a higher one is held up to
   ``start_hold_ms`` (default: ``gap_timeout_ms``) for a lower seq, then the lowest seq held
@@ -33,9 +36,12 @@ Rules, decided here once:
   tombstone, no gap) while other held records wait; once nothing live is held the tombstones
   go, to keep the state small. A record whose ``send_at``
   is not before ``expires_at`` can never be delivered and is dropped as expired on arrival.
-* **Timers.** Only held records need one. The state remembers the timer it asked for, and each
-  Decision says which timer to register and which stale one to delete, so the caller keeps at
-  most one per user. A stale timer that fires anyway is harmless.
+* **Timers.** Only held records need one. ``Decision.timer_ms`` is on the wall clock (a hold's
+  deadline as if the log kept pace with it); ``hold_ms`` is the hold's deadline on the log's
+  clock, so a caller whose log clock runs ahead (a backlog draining) can come back earlier.
+  The state remembers the timer it asked for, and each Decision says which timer to register
+  and which stale one to delete, so the caller keeps at most one per user. A stale timer that
+  fires anyway is harmless.
 """
 from __future__ import annotations
 
@@ -84,10 +90,10 @@ class Decision:
     given up on. ``register_timer_ms``/``delete_timer_ms`` keep the caller's single timer right.
     """
     __slots__ = ("verdict", "reason", "emit", "dropped", "skipped", "timer_ms",
-                 "register_timer_ms", "delete_timer_ms")
+                 "register_timer_ms", "delete_timer_ms", "hold_ms")
 
     def __init__(self, verdict, reason, emit, dropped, skipped, timer_ms, register_timer_ms,
-                 delete_timer_ms):
+                 delete_timer_ms, hold_ms=None):
         self.verdict: str | None = verdict
         self.reason: str | None = reason
         self.emit: tuple[Notification, ...] | list[Notification] = emit
@@ -96,6 +102,7 @@ class Decision:
         self.timer_ms: int | None = timer_ms
         self.register_timer_ms: int | None = register_timer_ms
         self.delete_timer_ms: int | None = delete_timer_ms
+        self.hold_ms: int | None = hold_ms  # a seq hold's deadline on the log's clock
 
     def __repr__(self) -> str:
         return (f"Decision(verdict={self.verdict!r}, reason={self.reason!r}, "
@@ -130,20 +137,22 @@ class Gate:
     # ------------------------------------------------------------------ per record
 
     def process(self, state: GateState, n: Notification, now_ms: int,
-                cancelled: Collection[str] = _NO_CANCELLED) -> Decision:
-        """Decide the fate of one arriving record; ``now_ms`` is the caller's current time."""
+                cancelled: Collection[str] = _NO_CANCELLED, log_ms: int | None = None
+                ) -> Decision:
+        """Decide the fate of one arriving record; ``now_ms`` is the wall clock, ``log_ms`` the
+        log's clock of the user's partition (default: the wall clock)."""
         if now_ms >= state.seen_prune_ms:
             self._prune_seen(state, now_ms)
         seen = state.seen
         until = seen.get(n.id)
         if until is not None and until > now_ms:
-            return self._drop_arriving(state, n, states.DUPLICATE, now_ms, cancelled)
+            return self._drop_arriving(state, n, states.DUPLICATE, now_ms, cancelled, log_ms)
         expires_at = n.expires_at
         send_at = n.send_at
         if now_ms >= expires_at or (send_at is not None and send_at >= expires_at):
-            return self._drop_arriving(state, n, states.EXPIRED, now_ms, cancelled)
+            return self._drop_arriving(state, n, states.EXPIRED, now_ms, cancelled, log_ms)
         if cancelled and n.campaign_id is not None and n.campaign_id in cancelled:
-            return self._drop_arriving(state, n, states.CANCELLED, now_ms, cancelled)
+            return self._drop_arriving(state, n, states.CANCELLED, now_ms, cancelled, log_ms)
 
         until = now_ms + self.dedup_ttl_ms
         if expires_at > until:
@@ -166,8 +175,9 @@ class Gate:
 
         held = state.held
         next_seq = state.next_seq
+        clock = now_ms if log_ms is None else log_ms
         if seq is not None and seq not in held and (next_seq is None or seq >= next_seq):
-            held[seq] = (now_ms, n)
+            held[seq] = (clock, n)
         elif ready:
             seq = None  # late or clashing seq: released like a record without one
         else:
@@ -177,16 +187,17 @@ class Gate:
         emit: list[Notification] = []
         dropped: list[tuple[Notification, str]] = []
         skipped: list[tuple[int, int]] = []
-        self._release(state, now_ms, cancelled, emit, dropped, skipped)
+        self._release(state, now_ms, clock, cancelled, emit, dropped, skipped)
         if seq is None and ready:
             emit.append(n)  # after anything already due: that came earlier in the log
         verdict = EMIT if any(e is n for e in emit) else HOLD
-        return self._decide(state, verdict, None, emit, dropped, skipped, now_ms)
+        return self._decide(state, verdict, None, emit, dropped, skipped, now_ms, clock)
 
     # ------------------------------------------------------------------ per timer
 
     def on_timer(self, state: GateState, now_ms: int,
-                 cancelled: Collection[str] = _NO_CANCELLED) -> Decision:
+                 cancelled: Collection[str] = _NO_CANCELLED, log_ms: int | None = None
+                 ) -> Decision:
         """Release what is ready, drop what expired or was cancelled, give up overdue gaps."""
         if state.timer_ms is not None and state.timer_ms <= now_ms:
             state.timer_ms = None  # that timer has fired; nothing to delete
@@ -195,20 +206,22 @@ class Gate:
         emit: list[Notification] = []
         dropped: list[tuple[Notification, str]] = []
         skipped: list[tuple[int, int]] = []
-        self._release(state, now_ms, cancelled, emit, dropped, skipped)
-        return self._decide(state, None, None, emit, dropped, skipped, now_ms)
+        clock = now_ms if log_ms is None else log_ms
+        self._release(state, now_ms, clock, cancelled, emit, dropped, skipped)
+        return self._decide(state, None, None, emit, dropped, skipped, now_ms, clock)
 
     # ------------------------------------------------------------------ internals
 
     def _drop_arriving(self, state: GateState, n: Notification, reason: str, now_ms: int,
-                       cancelled: Collection[str]) -> Decision:
+                       cancelled: Collection[str], log_ms: int | None) -> Decision:
         if not state.held and not state.scheduled and state.timer_ms is None:
             return Decision(DROP, reason, _NOTHING, ((n, reason),), _NOTHING, None, None, None)
         emit: list[Notification] = []
         dropped: list[tuple[Notification, str]] = [(n, reason)]
         skipped: list[tuple[int, int]] = []
-        self._release(state, now_ms, cancelled, emit, dropped, skipped)
-        return self._decide(state, DROP, reason, emit, dropped, skipped, now_ms)
+        clock = now_ms if log_ms is None else log_ms
+        self._release(state, now_ms, clock, cancelled, emit, dropped, skipped)
+        return self._decide(state, DROP, reason, emit, dropped, skipped, now_ms, clock)
 
     def _prune_seen(self, state: GateState, now_ms: int) -> None:
         """Forget ids past their window; at most ~16 full scans per TTL, however many ids."""
@@ -219,7 +232,7 @@ class Gate:
         else:
             state.seen_prune_ms = NEVER
 
-    def _release(self, state: GateState, now_ms: int, cancelled: Collection[str],
+    def _release(self, state: GateState, now_ms: int, clock: int, cancelled: Collection[str],
                  emit: list, dropped: list, skipped: list) -> None:
         held = state.held
         if held:
@@ -234,7 +247,7 @@ class Gate:
                 elif cancelled and n.campaign_id is not None and n.campaign_id in cancelled:
                     held[seq] = _GONE
                     dropped.append((n, states.CANCELLED))
-            self._advance(state, now_ms, emit, skipped)
+            self._advance(state, now_ms, clock, emit, skipped)
         if state.scheduled:
             waiting = []
             for n in state.scheduled:
@@ -248,8 +261,10 @@ class Gate:
                     waiting.append(n)
             state.scheduled = waiting
 
-    def _advance(self, state: GateState, now_ms: int, emit: list, skipped: list) -> None:
-        """Release the sequence head while it is present and ready; give up overdue gaps."""
+    def _advance(self, state: GateState, now_ms: int, clock: int, emit: list,
+                 skipped: list) -> None:
+        """Release the sequence head while it is present and ready (``send_at`` on the wall
+        clock); give up gaps overdue on the log's ``clock``."""
         held = state.held
         while held:
             next_seq = state.next_seq
@@ -257,7 +272,7 @@ class Gate:
                 lowest = min(held)
                 if lowest > self.first_seq:
                     oldest = _oldest_arrival(held)
-                    if oldest is None or oldest + self.start_hold_ms > now_ms:
+                    if oldest is None or oldest + self.start_hold_ms > clock:
                         return
                 state.next_seq = lowest  # start here; what came before is unknown
                 continue
@@ -272,15 +287,19 @@ class Gate:
                 state.next_seq = next_seq + 1
                 continue
             oldest = _oldest_arrival(held)
-            if oldest is None or oldest + self.gap_timeout_ms > now_ms:
+            if oldest is None or oldest + self.gap_timeout_ms > clock:
                 return
             lowest = min(held)
             skipped.append((next_seq, lowest - 1))
             state.next_seq = lowest
 
-    def _deadline(self, state: GateState, now_ms: int) -> int | None:
-        """The earliest time anything held can change: an expiry, a send_at or a gap timeout."""
+    def _deadline(self, state: GateState, now_ms: int,
+                  clock: int) -> tuple[int | None, int | None]:
+        """The earliest wall-clock time anything held can change (an expiry, a send_at, or a
+        gap timeout as if the log kept pace with the wall clock), and the gap timeout on the
+        log's ``clock`` (None: no seq hold)."""
         earliest = NEVER
+        hold = None
         held = state.held
         if held:
             oldest = NEVER
@@ -295,25 +314,27 @@ class Gate:
             next_seq = state.next_seq
             if oldest != NEVER:
                 if next_seq is None:
-                    wait_until = oldest + self.start_hold_ms
+                    hold = oldest + self.start_hold_ms
                 elif next_seq in held:
                     # _advance stopped at a present head: it is live and waits for its send_at
-                    wait_until = held[next_seq][1].send_at
+                    send_at = held[next_seq][1].send_at
+                    if send_at < earliest:
+                        earliest = send_at
                 else:
-                    wait_until = oldest + self.gap_timeout_ms
-                if wait_until < earliest:
-                    earliest = wait_until
+                    hold = oldest + self.gap_timeout_ms
+                if hold is not None and now_ms + (hold - clock) < earliest:
+                    earliest = now_ms + (hold - clock)
         for n in state.scheduled:
             if n.send_at < earliest:
                 earliest = n.send_at
-        return None if earliest == NEVER else earliest
+        return (None if earliest == NEVER else earliest), hold
 
     def _decide(self, state: GateState, verdict: str | None, reason: str | None, emit: list,
-                dropped: list, skipped: list, now_ms: int) -> Decision:
+                dropped: list, skipped: list, now_ms: int, clock: int) -> Decision:
         held = state.held
         if held and all(entry is _GONE for entry in held.values()):
             held.clear()  # nobody waits behind the tombstones any more
-        timer = self._deadline(state, now_ms)
+        timer, hold = self._deadline(state, now_ms, clock)
         previous = state.timer_ms
         register = delete = None
         if timer != previous:
@@ -322,7 +343,7 @@ class Gate:
                 delete = previous
             state.timer_ms = timer
         return Decision(verdict, reason, emit or _NOTHING, dropped or _NOTHING,
-                        skipped or _NOTHING, timer, register, delete)
+                        skipped or _NOTHING, timer, register, delete, hold)
 
 
 def _oldest_arrival(held: dict) -> int | None:

@@ -61,6 +61,8 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
     from operators.rows import (DLQ_TAG, KEYED_PAYLOAD, RELEASED, RETRY_TAG, STATUS_TAG,
                                 side_output)
 
+    # Record timestamps convert to epoch ms in UTC (sql/batches.sql: the log's clock).
+    t_env.get_config().set("table.local-time-zone", "UTC")
     register_tables(t_env, "kafka_tables.sql", settings)
     wanted = job_classes(settings)
     lanes = settings.gate_lanes or env.get_parallelism()

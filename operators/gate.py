@@ -6,10 +6,16 @@ Records are keyed by user in Kafka, so a partition (and so a lane) holds all of 
 this operator is keyed by lane and keeps one packed `GateState` per tenant's user in a MapState
 (dedup, per-user order, holds). The decisions are `herald.gate.Gate`'s.
 
-Holds (a `send_at`, a gap in `seq`) use processing-time timers: a watermark only moves when
-records arrive, so an event-time timer would stall on a quiet topic, and expiry is about the
-wall clock. One timer per lane, at the earliest deadline among its held users; the users
-with a deadline are listed in a small ValueState, so a timer visits only them.
+Holds for a gap in `seq` count on the log's clock, per Kafka partition: the newest record
+timestamp read from it, run on by the wall clock while nothing newer comes (so an idle
+partition still releases after `gap_timeout_ms`). When the job is behind, a hold gives up
+only once the log has moved `gap_timeout_ms` past the held record, not when the wall clock
+has, which would be before the missing records were even read. Expiry and `send_at` are on
+the wall clock. One processing-time timer per lane, at the earliest deadline among its held
+users (a seq hold's as if the log kept pace); the users with a deadline are listed in a small
+ValueState, so a timer visits only them, and those with a seq hold (its partition and its
+deadline on the log's clock) in another, so a batch that moves a partition's clock past a
+hold's deadline releases it without waiting for the timer.
 
 State costs: users' states are read through a bounded cache (a MapState read is a JNI call;
 the operator is the state's only writer, so the cache is never stale, and a restore starts a
@@ -104,7 +110,8 @@ def unpack(value) -> GateState | None:
 
 class GateFunction(KeyedProcessFunction):
     """Input rows: (shard, batch) with batch a JSON array of
-    {"p": partition, "o": offset, "k": key, "v": value} (sql/batches.sql)."""
+    {"p": partition, "o": offset, "t": log timestamp, "k": key, "v": value}
+    (sql/batches.sql)."""
 
     def __init__(self, settings: Settings, priority: str):
         self.settings = settings
@@ -116,6 +123,11 @@ class GateFunction(KeyedProcessFunction):
         self.calls = None
         self.migrate_until = 0
         self.metrics = None
+        self.holds = None
+        # partition → [newest record ts read, the gate's idle time when it was read]
+        self.clocks: dict[int, list] = {}
+        self.idle_ms = 0  # time this instance has spent waiting for input, in all
+        self.idle_since: int | None = None  # waiting for input since (None: at work)
         self.turn = self.pause = None  # operators/threads.py: critical first in the interpreter
         self.drops = Counter()  # this batch's drops by reason, and dead letters: for metrics
 
@@ -128,6 +140,8 @@ class GateFunction(KeyedProcessFunction):
         self.users = runtime_context.get_map_state(users)
         self.deadlines = runtime_context.get_state(
             ValueStateDescriptor("deadlines", Types.PICKLED_BYTE_ARRAY()))
+        self.holds = runtime_context.get_state(
+            ValueStateDescriptor("holds", Types.PICKLED_BYTE_ARRAY()))
         self.metrics = OperatorMetrics(runtime_context, self.priority)
         run_at_class_priority(s, self.priority)
         self.turn, self.pause = class_turns(s, self.priority)
@@ -157,15 +171,23 @@ class GateFunction(KeyedProcessFunction):
         before = min(deadlines.values(), default=None)
         deadlines.setdefault(SWEEP, at + self.settings.state_sweep_interval_ms)
         shard = ctx.get_current_key()  # the lane key (row.shard is the lane index)
+        holds = self.holds.value() or {}
+        held_before = len(holds)
+        self._at_work(at)
         pause = self.pause
         notes = []
+        partition_of: dict[str, int] = {}
+        log_at: dict[int, int] = {}  # id(notification) → the log's clock at its record
         for record in records:
             pause()
             raw = record["v"]
+            log_ms = self._read_clock(record, at)
             try:
-                notes.append(parse_notification(
-                    raw, expected_priority=self.priority,
-                    default_ttl_ms=self.settings.critical_default_ttl_ms))
+                n = parse_notification(raw, expected_priority=self.priority,
+                                       default_ttl_ms=self.settings.critical_default_ttl_ms)
+                notes.append(n)
+                partition_of[f"{n.tenant_id}{TENANT_USER}{n.user_id}"] = record["p"]
+                log_at[id(n)] = log_ms
             except ValidationError as exc:
                 yield DLQ_TAG, keyed_payload(record["k"] or "(no key)", dead_letter(
                     raw or "", str(exc), states.STAGE_PARSE, at))
@@ -185,8 +207,9 @@ class GateFunction(KeyedProcessFunction):
                     gate_state = (self._load(shard, user) or self._migrate(shard, n.user_id, at)
                                   or self.gate.new_state())
                     touched[user] = gate_state
-                decision = self.gate.process(gate_state, n, at)
-                self._collect(decision, user, deadlines, out, at)
+                partition = partition_of[user]
+                decision = self.gate.process(gate_state, n, at, log_ms=log_at[id(n)])
+                self._collect(decision, user, deadlines, out, at, holds, partition)
             released = yield from self._emit(out)
             if released:
                 flights.append(self.calls.begin(released))
@@ -194,30 +217,97 @@ class GateFunction(KeyedProcessFunction):
             while len(flights) > ahead:
                 yield from stage_rows(self.calls.complete(flights.popleft()), self.metrics,
                                       pause)
+        # Holds whose deadline this batch's records moved the log past: they go now.
+        out = []
+        for user, (partition, hold_ms) in list(holds.items()):
+            if user not in touched and hold_ms <= self._log_clock(partition, at, hold_ms):
+                gate_state = self._load(shard, user)
+                if gate_state is None:
+                    del holds[user]
+                    continue
+                touched[user] = gate_state
+                self._collect(self.gate.on_timer(gate_state, at,
+                                                 log_ms=self._log_clock(partition, at)),
+                              user, deadlines, out, at, holds, partition)
+        released = yield from self._emit(out)
+        if released:
+            flights.append(self.calls.begin(released))
         self._store(shard, touched)
+        if holds or held_before:
+            self.holds.update(holds)
         for flight in flights:
             yield from stage_rows(self.calls.complete(flight), self.metrics, pause)
         self.calls.flush()
         self._keep_timer(deadlines, before, ctx)
+        self.idle_since = now_ms()
 
     def _due(self, ctx):
         at = now_ms()
+        self._at_work(at)  # a timer's work is not waiting for input
         shard = ctx.get_current_key()
         deadlines = self.deadlines.value() or {}
+        holds = self.holds.value() or {}
+        held_before = len(holds)
         out: list = []
         touched: dict[str, object] = {}
         for user in [u for u, due in deadlines.items() if due <= at and u != SWEEP]:
             gate_state = self._load(shard, user)
             if gate_state is None:  # expired out of state: nothing is held any more
                 deadlines.pop(user)
+                holds.pop(user, None)
                 continue
-            self._collect(self.gate.on_timer(gate_state, at), user, deadlines, out, at)
+            partition, hold_ms = holds.get(user, (None, None))
+            self._collect(self.gate.on_timer(gate_state, at,
+                                             log_ms=self._log_clock(partition, at, hold_ms)),
+                          user, deadlines, out, at, holds, partition)
             touched[user] = gate_state
         self._store(shard, touched)
         if deadlines.get(SWEEP, at + 1) <= at:
-            self._sweep(shard, deadlines)
+            self._sweep(shard, deadlines, holds)
             deadlines[SWEEP] = at + self.settings.state_sweep_interval_ms
+        if holds or held_before:
+            self.holds.update(holds)
         yield from self._finish(out, deadlines, None, ctx)
+        self.idle_since = now_ms()
+
+    def _at_work(self, at: int) -> None:
+        """Input arrived (or a timer fired): the wait for it counts as idle time."""
+        if self.idle_since is not None:
+            self.idle_ms += max(0, at - self.idle_since)
+            self.idle_since = None
+
+    def _idle_now(self, at: int) -> int:
+        return self.idle_ms + (0 if self.idle_since is None else max(0, at - self.idle_since))
+
+    def _read_clock(self, record: dict, at: int) -> int:
+        """Move the record's partition's log clock on to it (records come in log order);
+        return the clock at the record: a hold taken there must not count the records after
+        it in the same batch, which may be the very predecessors it waits for."""
+        t = record.get("t", at)
+        known = self.clocks.get(record["p"])
+        if known is None:
+            known = self.clocks[record["p"]] = [t, self.idle_ms]
+        else:
+            if t > known[0]:
+                known[0] = t
+            known[1] = self.idle_ms
+        return known[0]
+
+    def _log_clock(self, partition: int | None, at: int, hold_ms: int | None = None) -> int:
+        """The log's clock of ``partition`` now: its newest record timestamp, run on by the
+        time the gate has waited for input since (so an idle partition's holds still end).
+        Time at work does not count: behind the log, its next records may be queued right
+        behind the batch just handled; a gate that waits for input has been given all that
+        was read. A partition not read since a restore starts from its hold's arrival, as if
+        read at the first look. Without a partition (a hold an earlier version stored), the
+        wall clock."""
+        known = self.clocks.get(partition)
+        if known is None:
+            if partition is None or hold_ms is None:
+                return at
+            known = self.clocks[partition] = [hold_ms - self.gate.gap_timeout_ms,
+                                              self._idle_now(at)]
+        return known[0] + max(0, self._idle_now(at) - known[1])
 
     def _load(self, shard: int, user: str):
         """A user's state: from the cache, else from keyed state (None when there is none)."""
@@ -253,21 +343,28 @@ class GateFunction(KeyedProcessFunction):
             for key in list(itertools.islice(cache, excess)):
                 del cache[key]
 
-    def _sweep(self, shard: int, deadlines: dict) -> None:
-        """Apply the TTL to the lane's users; forget the cached and deadline entries of
+    def _sweep(self, shard: int, deadlines: dict, holds: dict) -> None:
+        """Apply the TTL to the lane's users; forget the cached, deadline and hold entries of
         users that are gone."""
         live = sweep(self.users)
         for key in [k for k in self.cache if k[0] == shard and k[1] not in live]:
             del self.cache[key]
         for user in [u for u in deadlines if u != SWEEP and u not in live]:
             del deadlines[user]
+        for user in [u for u in holds if u not in live]:
+            del holds[user]
 
-    def _collect(self, decision, user: str, deadlines: dict, out: list, at: int) -> None:
-        """Turn one gate decision into outputs; keep the user's deadline up to date."""
+    def _collect(self, decision, user: str, deadlines: dict, out: list, at: int, holds: dict,
+                 partition: int | None) -> None:
+        """Turn one gate decision into outputs; keep the user's deadlines up to date."""
         if decision.timer_ms is None:
             deadlines.pop(user, None)
         else:
             deadlines[user] = decision.timer_ms
+        if decision.hold_ms is None or partition is None:
+            holds.pop(user, None)
+        else:
+            holds[user] = (partition, decision.hold_ms)
         for n, reason in decision.dropped:
             self.drops[reason] += 1
             out.append((STATUS_TAG, keyed_payload(n.id, Status.of(

@@ -44,7 +44,8 @@ def now_ms() -> int:
 
 class RetryWaitFunction(KeyedProcessFunction):
     """Input rows: (shard, batch) with batch a JSON array of
-    {"p": partition, "o": offset, "k": key, "v": value} (sql/batches.sql)."""
+    {"p": partition, "o": offset, "t": log timestamp, "k": key, "v": value}
+    (sql/batches.sql)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings

@@ -12,6 +12,7 @@ CREATE TABLE critical_in (
   v STRING,
   kafka_partition INT METADATA FROM 'partition' VIRTUAL,
   kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+  kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
   pt AS PROCTIME()
 ) WITH (
   'connector' = 'kafka',
@@ -33,6 +34,7 @@ CREATE TABLE promo_in (
   v STRING,
   kafka_partition INT METADATA FROM 'partition' VIRTUAL,
   kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+  kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
   pt AS PROCTIME()
 ) WITH (
   'connector' = 'kafka',
@@ -58,6 +60,7 @@ CREATE TABLE retry_critical_in (
   v STRING,
   kafka_partition INT METADATA FROM 'partition' VIRTUAL,
   kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+  kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
   pt AS PROCTIME()
 ) WITH (
   'connector' = 'kafka',
@@ -79,6 +82,7 @@ CREATE TABLE retry_promo_in (
   v STRING,
   kafka_partition INT METADATA FROM 'partition' VIRTUAL,
   kafka_offset BIGINT METADATA FROM 'offset' VIRTUAL,
+  kafka_ts TIMESTAMP_LTZ(3) METADATA FROM 'timestamp' VIRTUAL,
   pt AS PROCTIME()
 ) WITH (
   'connector' = 'kafka',

@@ -43,7 +43,7 @@ import redis
 
 MARKER = "herald:once:{}"  # the argument is ``marker(notification)``
 LEGACY = "herald:sent:{}"  # versions without the tenant scope: the id alone
-SINCE = "herald:once:since"  # epoch ms of the first start of a version with the tenant scope
+SINCE = "herald:once:since"  # epoch ms: the first start of a version with the tenant scope
 CLAIMED, DONE = b"0", b"1"  # the marker's values: a call in flight, a call the provider accepted
 
 # ARGV: ttl_ms, n, marker..., then (position, old id) pairs to check under the old keys → one

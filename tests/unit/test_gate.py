@@ -231,6 +231,41 @@ def test_gap_is_given_up_after_the_timeout_and_reported(gate):
     assert state.next_seq == 5 and d.timer_ms is None
 
 
+def test_a_gap_is_given_up_on_the_logs_clock_not_the_wall_clock(gate):
+    """Seconds behind the log, a missing predecessor appended just after the held record has
+    not been read yet: however long the wall clock runs, the hold gives up only once the log
+    has moved the gap timeout past the held record."""
+    state = gate.new_state()
+    log = T0 - 30_000  # the job is 30 s behind
+    gate.process(state, ntf("s0", seq=0), T0, log_ms=log)
+    d = gate.process(state, ntf("s2", seq=2), T0 + 10, log_ms=log + 5)
+    assert d.verdict == HOLD and d.hold_ms == log + 2_005
+    assert d.timer_ms == T0 + 2_010  # on the wall clock, as if the log kept pace
+    assert ids(gate.on_timer(state, T0 + 9_000, log_ms=log + 2_004)) == []  # wall long past
+    d = gate.process(state, ntf("s1", seq=1), T0 + 9_100, log_ms=log + 2_004)
+    assert ids(d) == ["s1", "s2"] and d.skipped == () and d.hold_ms is None
+
+
+def test_a_log_running_ahead_of_the_wall_clock_gives_up_early(gate):
+    state = gate.new_state()
+    gate.process(state, ntf("s0", seq=0), T0, log_ms=T0 - 60_000)
+    gate.process(state, ntf("s2", seq=2), T0, log_ms=T0 - 60_000)
+    d = gate.on_timer(state, T0 + 50, log_ms=T0 - 57_000)  # a backlog drains: 3 s of log
+    assert ids(d) == ["s2"] and d.skipped == [(1, 1)]
+
+
+def test_expiry_and_send_at_stay_on_the_wall_clock(gate):
+    state = gate.new_state()
+    gate.process(state, ntf("s0", seq=0), T0, log_ms=T0 - 60_000)
+    gate.process(state, ntf("s2", seq=2, expires_at=T0 + 500), T0, log_ms=T0 - 60_000)
+    d = gate.process(state, ntf("late", send_at=T0 + 300), T0, log_ms=T0 - 60_000)
+    assert d.timer_ms == T0 + 300
+    d = gate.on_timer(state, T0 + 300, log_ms=T0 - 60_000)
+    assert ids(d) == ["late"]
+    d = gate.on_timer(state, T0 + 500, log_ms=T0 - 60_000)
+    assert drops(d) == [("s2", states.EXPIRED)] and d.timer_ms is None
+
+
 def test_no_record_waits_longer_than_the_gap_timeout_for_missing_predecessors(gate):
     state = gate.new_state()
     gate.process(state, ntf("s0", seq=0), T0)
