@@ -6,12 +6,15 @@ client CPU per request against ~1.0 ms for httpx[http2]); herald's own code must
 mocks, so the protocol part is here, with what the delivery path needs on top: a timeout per
 request, a reconnect when the connection is lost or GOAWAY'd, TLS with ALPN ``h2`` for the real
 APNs, and ``send_batch`` with the same contract as ``udfs.http_client.HttpClient.send_batch``
-(answers in input order, per-key chains, ``stop_chain``).
+(answers in input order, per-key chains, ``stop_chain``, and a request's ``deadline``: never
+written at or after it, whether it waited behind its chain, for a stream or for the
+connection; its answer awaited until then at most).
 """
 from __future__ import annotations
 
 import asyncio
 import ssl as ssl_module
+import time
 from typing import Any, Callable, Hashable, Sequence
 from urllib.parse import urlsplit
 
@@ -21,8 +24,10 @@ import h2.events
 import h2.exceptions
 
 from herald.providers.base import ProviderRequest
-from udfs.http_client import (ChainHalted, ConnectError, ConnectionClosed, HttpClientError,
-                              ProtocolError, RequestTimeout, Response, UnsupportedRequest)
+from udfs.http_client import (BEFORE_WRITE, BEHIND_CHAIN, CONNECTING, IN_QUEUE, NO_DEADLINE,
+                              ChainHalted, ConnectError, ConnectionClosed, DeadlineTimeout,
+                              HttpClientError, ProtocolError, RequestTimeout, Response,
+                              UnsupportedRequest, deadline_passed, loop_deadline)
 
 
 class H2StreamError(HttpClientError):
@@ -139,12 +144,24 @@ class _H2Connection(asyncio.Protocol):
 
     # -- one request
 
-    async def request(self, req: ProviderRequest, path: str, timeout_s: float) -> Response:
+    async def request(self, req: ProviderRequest, path: str, timeout_s: float,
+                      expires: float = NO_DEADLINE) -> Response:
+        """One stream; ``expires``: the request's deadline on the loop's clock."""
+        loop = asyncio.get_running_loop()
         while self.usable and len(self.streams) >= self.conn.remote_settings.max_concurrent_streams:
             self.slot.clear()
-            await self.slot.wait()
+            if expires == NO_DEADLINE:
+                await self.slot.wait()
+                continue
+            try:
+                await asyncio.wait_for(self.slot.wait(), expires - loop.time())
+            except asyncio.TimeoutError:
+                raise deadline_passed(IN_QUEUE) from None
         if self.transport is None or not self.usable:
             raise ConnectError("HTTP/2 connection is closed")  # nothing was written
+        now = loop.time()
+        if expires <= now:
+            raise deadline_passed(BEFORE_WRITE)
         sid = self.conn.get_next_available_stream_id()
         stream = self.streams[sid] = _Stream(asyncio.get_running_loop().create_future())
         headers = [(":method", req.method), (":path", path), (":scheme", self.scheme),
@@ -157,8 +174,11 @@ class _H2Connection(asyncio.Protocol):
         if req.body:
             self._send_body(sid, req.body)
         self.transport.write(self.conn.data_to_send())
+        wait, cut = timeout_s, expires - now < timeout_s  # awaited until the deadline at most
+        if cut:
+            wait = expires - now
         try:
-            return await asyncio.wait_for(stream.future, timeout_s)
+            return await asyncio.wait_for(stream.future, wait)
         except asyncio.TimeoutError:
             self.streams.pop(sid, None)
             self.pending.pop(sid, None)
@@ -168,6 +188,8 @@ class _H2Connection(asyncio.Protocol):
                     self.transport.write(self.conn.data_to_send())
             except h2.exceptions.H2Error:
                 pass
+            if cut:
+                raise DeadlineTimeout("written; no answer before its deadline") from None
             raise RequestTimeout(f"no answer within {timeout_s} s") from None
 
     def close(self) -> None:
@@ -250,9 +272,32 @@ class H2Client:
         if scheme not in ("http", "https") or not parts.hostname:
             raise UnsupportedRequest(f"not an http(s) URL: {req.url!r}")
         port = parts.port or (443 if scheme == "https" else 80)
-        conn = await self._connection(scheme, parts.hostname, port)
+        expires = NO_DEADLINE
+        if req.deadline is not None:
+            loop = asyncio.get_running_loop()
+            expires = loop_deadline(loop, req.deadline)
+            if expires <= loop.time():
+                raise deadline_passed(BEFORE_WRITE)
+        conn = self._conns.get((scheme, parts.hostname, port))
+        if conn is None or not conn.usable or conn.transport is None:
+            conn = await self._connection_by(scheme, parts.hostname, port, expires)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return await conn.request(req, path, self.timeout_s)
+        return await conn.request(req, path, self.timeout_s, expires)
+
+    async def _connection_by(self, scheme: str, host: str, port: int,
+                             expires: float) -> _H2Connection:
+        """``_connection``, waited for until ``expires`` at most; the connect itself goes on
+        (shielded) for the requests after this one."""
+        if expires == NO_DEADLINE:
+            return await self._connection(scheme, host, port)
+        loop = asyncio.get_running_loop()
+        connecting = asyncio.ensure_future(self._connection(scheme, host, port))
+        try:
+            return await asyncio.wait_for(asyncio.shield(connecting), expires - loop.time())
+        except asyncio.TimeoutError:
+            # Its outcome is for the next request; retrieved here so a failure is not logged.
+            connecting.add_done_callback(lambda f: f.cancelled() or f.exception())
+            raise deadline_passed(CONNECTING) from None
 
     async def send_batch(self, requests: Sequence[ProviderRequest], max_in_flight: int = 256,
                          keys: Sequence[Hashable | None] | None = None,
@@ -276,7 +321,11 @@ class H2Client:
 
         async def chain(indices: list[int]) -> None:
             for pos, i in enumerate(indices):
-                results[i] = await one(i)
+                deadline = requests[i].deadline
+                if pos and deadline is not None and deadline <= time.time() * 1000.0:
+                    results[i] = deadline_passed(BEHIND_CHAIN)  # expired behind the last one
+                else:
+                    results[i] = await one(i)
                 if stop_chain is not None and stop_chain(results[i]):
                     for j in indices[pos + 1:]:
                         results[j] = ChainHalted(f"not sent: request {i} of the same key "

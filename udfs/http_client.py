@@ -13,11 +13,19 @@ requests that share a key (a user) so they reach the provider one after another,
 ``BlockingBatchClient`` wraps it on an event loop it owns, for code that is not async (a pandas
 UDF, a Flink function's ``process_element``). HTTP/1.1 only: a ``ProviderRequest`` with
 ``http2`` set (APNs) is answered with ``UnsupportedRequest``, never sent.
+
+A request's ``deadline`` (the notification's ``expires_at``) is checked right before every
+write, wherever the request waited (behind its chain, for a free connection, for a connection
+to open): at or after it the request is answered ``DeadlinePassed`` and never written. A
+written request's wait for its answer ends at the deadline if that comes before ``timeout_s``
+(``DeadlineTimeout``).
 """
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl as ssl_module
+import time
 from collections import deque
 from typing import Any, Callable, Hashable, NamedTuple, Sequence
 from urllib.parse import urlsplit
@@ -67,6 +75,48 @@ class ChainHalted(HttpClientError):
     """Not sent: an earlier request with the same key stopped its chain (``stop_chain``)."""
 
 
+class PastDeadline(HttpClientError):
+    """The request's deadline (``ProviderRequest.deadline``) came before its answer."""
+
+
+# Where a request waited when its deadline passed before it could be written.
+BEFORE_WRITE = "write"   # its turn came at or after the deadline (e.g. submitted too late)
+BEHIND_CHAIN = "chain"   # waiting for the answer to an earlier request of the same key
+IN_QUEUE = "queue"       # waiting for a free connection (or HTTP/2 stream)
+CONNECTING = "connect"   # waiting for its connection to open
+
+
+class DeadlinePassed(PastDeadline):
+    """Never written: its deadline passed first; ``stage`` says where it was waiting."""
+
+    def __init__(self, message: str, stage: str = BEFORE_WRITE):
+        super().__init__(message)
+        self.stage = stage
+
+
+class DeadlineTimeout(PastDeadline, RequestTimeout):
+    """Written, with no whole answer by its deadline (which came before ``timeout_s``): the
+    provider may have acted on it."""
+
+
+NO_DEADLINE = math.inf
+
+
+def loop_deadline(loop: asyncio.AbstractEventLoop, deadline_ms: int | None) -> float:
+    """An epoch-ms deadline on ``loop``'s clock (``inf`` for None)."""
+    if deadline_ms is None:
+        return NO_DEADLINE
+    return loop.time() + (deadline_ms - time.time() * 1000.0) / 1000.0
+
+
+def deadline_passed(stage: str) -> DeadlinePassed:
+    """The answer for a request whose deadline passed at ``stage``, before it was written."""
+    what = {BEHIND_CHAIN: "waiting behind an earlier request of the same key",
+            IN_QUEUE: "waiting for a free connection",
+            CONNECTING: "waiting for a connection to open"}.get(stage, "before it was written")
+    return DeadlinePassed(f"not sent: its deadline passed {what}", stage)
+
+
 Result = Response  # | HttpClientError, in send_batch's list
 
 
@@ -76,16 +126,18 @@ _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _TRAILERS, _UNTIL_CLOSE = range(6)
 
 
 class _Exchange:
-    """One request on its way: the bytes to write and whom to tell about the answer."""
-    __slots__ = ("data", "callback", "tag", "no_body", "pool")
+    """One request on its way: the bytes to write, whom to tell about the answer, and its
+    deadline on the loop's clock (``expires``; ``inf``: none)."""
+    __slots__ = ("data", "callback", "tag", "no_body", "pool", "expires")
 
     def __init__(self, data: bytes, callback: Callable[[Any, Any], None], tag: Any,
-                 no_body: bool, pool: "_Pool"):
+                 no_body: bool, pool: "_Pool", expires: float = NO_DEADLINE):
         self.data = data
         self.callback = callback
         self.tag = tag
         self.no_body = no_body
         self.pool = pool
+        self.expires = expires
 
 
 class _Connection(asyncio.Protocol):
@@ -144,10 +196,17 @@ class _Connection(asyncio.Protocol):
     # -- the exchange
 
     def send(self, ex: _Exchange, now: float) -> None:
+        """Write ``ex`` (its caller has checked that ``now`` is before its deadline)."""
         self.ex = ex
         self.state = _HEAD
-        self.deadline = now + self.pool.client.timeout_s
-        self.pool.client.busy.add(self)
+        client = self.pool.client
+        deadline = now + client.timeout_s
+        if ex.expires < deadline:  # the answer is awaited until expires_at, no longer
+            deadline = ex.expires
+        if deadline < client._sweep_at:
+            client.wake_by(deadline)
+        self.deadline = deadline
+        client.busy.add(self)
         self.transport.write(ex.data)
 
     def _parse(self) -> None:
@@ -275,7 +334,11 @@ class _Connection(asyncio.Protocol):
             ex.callback(ex.tag, exc)
 
     def timed_out(self) -> None:
-        self._fail(RequestTimeout(f"no answer within {self.pool.client.timeout_s} s"))
+        ex = self.ex
+        if ex is not None and ex.expires <= self.deadline:
+            self._fail(DeadlineTimeout("written; no answer before its deadline"))
+        else:
+            self._fail(RequestTimeout(f"no answer within {self.pool.client.timeout_s} s"))
 
     def _drop(self) -> None:
         """Close for good; the pool stops counting it at once (not at connection_lost)."""
@@ -301,32 +364,64 @@ class _Pool:
 
     def submit(self, ex: _Exchange) -> None:
         idle = self.idle
-        loop = self.client.loop
+        client = self.client
+        now = client.loop.time()
+        if ex.expires <= now:
+            ex.callback(ex.tag, deadline_passed(BEFORE_WRITE))
+            return
         while idle:
             conn = idle.pop()
-            now = loop.time()
             if conn.transport is None or conn.transport.is_closing():
                 self.forget(conn)
                 continue
-            if now - conn.idle_since > self.client.idle_timeout_s:
+            if now - conn.idle_since > client.idle_timeout_s:
                 conn._drop()
                 continue
-            self.client.reused += 1
+            client.reused += 1
             conn.send(ex, now)
             return
-        if self.open < self.client.max_connections:
+        if self.open < client.max_connections:
             self.open += 1
-            loop.create_task(self._connect(ex))
+            client.loop.create_task(self._connect(ex))
         else:
             self.waiting.append(ex)
+            if ex.expires != NO_DEADLINE:
+                client.wake_by(ex.expires)  # answered at its deadline if still waiting
 
     def release(self, conn: _Connection) -> None:
-        if self.waiting:
-            self.client.reused += 1
-            conn.send(self.waiting.popleft(), self.client.loop.time())
+        """``conn`` is free: the first waiting request still before its deadline goes on it
+        (those past theirs are answered ``DeadlinePassed``), or it waits idle."""
+        now = self.client.loop.time()
+        waiting = self.waiting
+        expired = None
+        while waiting:
+            ex = waiting.popleft()
+            if ex.expires > now:
+                self.client.reused += 1
+                conn.send(ex, now)
+                break
+            if expired is None:
+                expired = []
+            expired.append(ex)
         else:
-            conn.idle_since = self.client.loop.time()
+            conn.idle_since = now
             self.idle.append(conn)
+        if expired:  # after conn has its place: the callbacks may submit more
+            for ex in expired:
+                ex.callback(ex.tag, deadline_passed(IN_QUEUE))
+
+    def expire_waiting(self, now: float) -> float:
+        """Answer the waiting requests past their deadline; the earliest deadline left."""
+        earliest = NO_DEADLINE
+        expired = [ex for ex in self.waiting if ex.expires <= now]
+        if expired:
+            self.waiting = deque(ex for ex in self.waiting if ex.expires > now)
+        for ex in self.waiting:
+            if ex.expires < earliest:
+                earliest = ex.expires
+        for ex in expired:
+            ex.callback(ex.tag, deadline_passed(IN_QUEUE))
+        return earliest
 
     def forget(self, conn: _Connection) -> None:
         if conn.dead:
@@ -337,31 +432,51 @@ class _Pool:
             self.idle.remove(conn)
         except ValueError:
             pass
+        self._connect_next()
+
+    def _connect_next(self) -> None:
         if self.waiting and self.open < self.client.max_connections:
             self.open += 1
             self.client.loop.create_task(self._connect(self.waiting.popleft()))
 
     async def _connect(self, ex: _Exchange) -> None:
         client = self.client
+        loop = client.loop
+        timeout = client.connect_timeout_s
+        cut = ex.expires - loop.time() < timeout  # the deadline ends the wait first
+        if cut:
+            timeout = ex.expires - loop.time()
+            if timeout <= 0:  # it expired waiting for its turn to connect
+                self.open -= 1
+                ex.callback(ex.tag, deadline_passed(IN_QUEUE))
+                self._connect_next()
+                return
         try:
             _, conn = await asyncio.wait_for(
-                client.loop.create_connection(
+                loop.create_connection(
                     lambda: _Connection(self), self.host, self.port, ssl=self.ssl,
                     server_hostname=self.host if self.ssl else None),
-                client.connect_timeout_s)
+                timeout)
         except (OSError, asyncio.TimeoutError, ssl_module.SSLError) as exc:
             self.open -= 1
-            what = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
-            ex.callback(ex.tag, ConnectError(f"cannot connect to {self.host}:{self.port}: {what}"))
-            if self.waiting and self.open < client.max_connections:
-                self.open += 1
-                client.loop.create_task(self._connect(self.waiting.popleft()))
+            if cut and isinstance(exc, asyncio.TimeoutError):
+                ex.callback(ex.tag, deadline_passed(CONNECTING))
+            else:
+                what = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
+                ex.callback(ex.tag, ConnectError(
+                    f"cannot connect to {self.host}:{self.port}: {what}"))
+            self._connect_next()
             return
         client.connections_opened += 1
         if client.closed:
             conn._fail(ConnectionClosed("client closed"))
             return
-        conn.send(ex, client.loop.time())
+        now = loop.time()
+        if ex.expires <= now:  # opened just too late: the connection serves the others
+            self.release(conn)
+            ex.callback(ex.tag, deadline_passed(CONNECTING))
+            return
+        conn.send(ex, now)
 
     def close(self) -> None:
         for conn in list(self.idle):
@@ -378,10 +493,11 @@ class HttpClient:
 
     ``max_connections`` bounds each origin's pool; ``timeout_s`` is the longest wait for a
     whole answer once a request is written (a request waiting for a free connection is not
-    timed); ``connect_timeout_s`` bounds making a connection; a connection idle longer than
-    ``idle_timeout_s`` is closed instead of reused (providers drop idle ones, and a write on a
-    half-closed connection fails). ``ssl_context`` is used for ``https`` origins (default:
-    ``ssl.create_default_context()``, which verifies the certificate and host name).
+    timed, except by its deadline); ``connect_timeout_s`` bounds making a connection; a
+    connection idle longer than ``idle_timeout_s`` is closed instead of reused (providers drop
+    idle ones, and a write on a half-closed connection fails). ``ssl_context`` is used for
+    ``https`` origins (default: ``ssl.create_default_context()``, which verifies the
+    certificate and host name).
 
     A failed request is reported, never retried here: whether a POST to a provider may be
     sent again is the retry policy's decision, not the transport's.
@@ -411,6 +527,7 @@ class HttpClient:
         self._targets: dict[tuple[str, str], tuple[_Pool, bytes, bool]] = {}
         self._header_bytes: dict[tuple, bytes] = {}
         self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_at = NO_DEADLINE  # when the sweeper runs next (loop time)
         self._tick = max(0.005, min(0.1, timeout_s / 4))
 
     # -- public API
@@ -486,9 +603,12 @@ class HttpClient:
             callback(tag, ConnectionClosed("client closed"))
             return
         data = b"%s%sContent-Length: %d\r\n\r\n%s" % (head, hbytes, len(body), body)
-        pool.submit(_Exchange(data, callback, tag, no_body, pool))
+        deadline = req.deadline
+        expires = NO_DEADLINE if deadline is None else loop_deadline(self.loop, deadline)
+        pool.submit(_Exchange(data, callback, tag, no_body, pool, expires))
         if self._sweeper is None:
-            self._sweeper = self.loop.call_later(self._tick, self._sweep)
+            self._sweep_at = self.loop.time() + self._tick
+            self._sweeper = self.loop.call_at(self._sweep_at, self._sweep)
 
     async def close(self) -> None:
         """Close every connection; requests still waiting for one get ``ConnectionClosed``."""
@@ -500,6 +620,7 @@ class HttpClient:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+            self._sweep_at = NO_DEADLINE
         await asyncio.sleep(0)  # let the transports finish closing
 
     def stats(self) -> dict:
@@ -564,15 +685,34 @@ class HttpClient:
         self._header_bytes[items] = encoded
         return encoded
 
+    def wake_by(self, at: float) -> None:
+        """Have the sweeper run by loop time ``at`` (a deadline earlier than its next tick)."""
+        if at < self._sweep_at and not self.closed:
+            if self._sweeper is not None:
+                self._sweeper.cancel()
+            self._sweep_at = at
+            self._sweeper = self.loop.call_at(at, self._sweep)
+
     def _sweep(self) -> None:
-        """Fail the exchanges past their deadline; runs every tick while any is in flight."""
+        """Fail the exchanges past their timeout or deadline, written or waiting; runs every
+        tick while any is in flight or waiting, and at the earliest deadline before that."""
         self._sweeper = None
+        self._sweep_at = NO_DEADLINE
+        now = self.loop.time()
+        wake = now + self._tick
         if self.busy:
-            now = self.loop.time()
             for conn in [c for c in self.busy if c.deadline <= now]:
                 conn.timed_out()
-        if self.busy or any(p.waiting for p in self._pools.values()):
-            self._sweeper = self.loop.call_later(self._tick, self._sweep)
+            for conn in self.busy:
+                if conn.deadline < wake:
+                    wake = conn.deadline
+        waiting = False
+        for pool in self._pools.values():
+            if pool.waiting:
+                wake = min(wake, pool.expire_waiting(now))
+                waiting = waiting or bool(pool.waiting)
+        if self.busy or waiting:
+            self.wake_by(wake)  # callbacks above may have asked for an earlier run already
 
 
 class _Batch:
@@ -635,28 +775,47 @@ class _Batch:
         if self.done.done():  # the caller's stop_chain raised: send nothing more
             return
         next_of = self.next_of
-        if next_of is not None:
-            j = next_of[i]
-            if j >= 0:
-                try:
-                    stop = self.stop_chain is not None and self.stop_chain(result)
-                except Exception as exc:  # noqa: BLE001 - the caller's predicate: its error
-                    if not self.done.done():
-                        self.done.set_exception(exc)
-                    return
-                if stop:
-                    while j >= 0:
-                        self.results[j] = ChainHalted(f"not sent: request {i} of the same key "
-                                                      "stopped the chain")
-                        self.remaining -= 1
-                        j = next_of[j]
-                else:
-                    self.ready.appendleft(j)  # chains are the batch's critical path: first
+        if next_of is not None and next_of[i] >= 0 and not self._follow(i, result):
+            return
         if self.remaining == 0:
             if not self.done.done():
                 self.done.set_result(self.results)
             return
         self.pump()
+
+    def _follow(self, i: int, result: Any) -> bool:
+        """Go on with ``i``'s chain after its ``result``: halt it (``stop_chain``), answer the
+        next ones whose deadline passed while they waited behind it, or make the next one
+        ready. False if the caller's ``stop_chain`` raised."""
+        next_of, requests, results = self.next_of, self.requests, self.results
+        j = next_of[i]
+        now_ms = None
+        while j >= 0:
+            try:
+                stop = self.stop_chain is not None and self.stop_chain(result)
+            except Exception as exc:  # noqa: BLE001 - the caller's predicate: its error
+                if not self.done.done():
+                    self.done.set_exception(exc)
+                return False
+            if stop:
+                while j >= 0:
+                    results[j] = ChainHalted(f"not sent: request {i} of the same key "
+                                             "stopped the chain")
+                    self.remaining -= 1
+                    j = next_of[j]
+                return True
+            deadline = requests[j].deadline
+            if deadline is not None:
+                if now_ms is None:
+                    now_ms = time.time() * 1000.0
+                if deadline <= now_ms:
+                    result = results[j] = deadline_passed(BEHIND_CHAIN)
+                    self.remaining -= 1
+                    i, j = j, next_of[j]
+                    continue
+            self.ready.appendleft(j)  # chains are the batch's critical path: first
+            return True
+        return True
 
 
 class BlockingBatchClient:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable, Hashable, Sequence
 
-from herald.providers.base import ProviderRequest
+from herald.providers.base import ProviderRequest, clock_ms
 from udfs.h2_client import H2Client
-from udfs.http_client import HttpClient, Response, new_event_loop
+from udfs.http_client import BEFORE_WRITE, HttpClient, Response, deadline_passed, new_event_loop
 
 # What the null transport answers: a 2xx every adapter classifies as accepted.
 NULL_ANSWER = Response(200, {"content-type": "application/json"},
@@ -89,10 +89,17 @@ class ProviderTransport:
 
 class NullTransport:
     """Answers every call at once, in-process, as accepted: no network, no provider. For
-    measuring the pipeline's own ceiling (``provider_transport = "null"``); never for delivery."""
+    measuring the pipeline's own ceiling (``provider_transport = "null"``); never for delivery.
+    A request at or past its deadline is answered ``DeadlinePassed``, as the clients do."""
 
     def send_batch(self, requests, max_in_flight: int = 256, keys=None, stop_chain=None):
-        return [NULL_ANSWER] * len(requests)
+        answers = [NULL_ANSWER] * len(requests)
+        now = clock_ms()
+        for i, req in enumerate(requests):
+            deadline = req.deadline
+            if deadline is not None and deadline <= now:
+                answers[i] = deadline_passed(BEFORE_WRITE)
+        return answers
 
     def start(self, requests, max_in_flight: int = 256, keys=None, stop_chain=None) -> list:
         return self.send_batch(requests)  # the answers are the handle: nothing is under way

@@ -42,12 +42,15 @@ OK, THROTTLED, RETRYABLE, PERMANENT = Kind.OK, Kind.THROTTLED, Kind.RETRYABLE, K
 
 @dataclass(slots=True)  # made per call: not frozen, as herald.models says why
 class ProviderRequest:
-    """One HTTP call, ready for any client. ``http2`` is set where the provider requires it."""
+    """One HTTP call, ready for any client. ``http2`` is set where the provider requires it.
+    ``deadline`` (epoch ms, the notification's ``expires_at``; None: none): the clients never
+    write the request at or after it, and stop waiting for its answer there."""
     method: str
     url: str
     headers: Mapping[str, str]
     body: bytes
     http2: bool = False
+    deadline: int | None = None
 
 
 @dataclass(slots=True)  # made per call: not frozen, as herald.models says why

@@ -16,8 +16,10 @@ from herald.providers.registry import Registry
 from herald.settings import Settings
 from herald_stack.processes import free_port
 from tests.helpers_mocks import MockProcess, make_notification
-from udfs.http_client import (BlockingBatchClient, ChainHalted, ConnectError, HttpClient,
-                              RequestTimeout, Response, UnsupportedRequest)
+from udfs.http_client import (BEFORE_WRITE, BEHIND_CHAIN, CONNECTING, IN_QUEUE,
+                              BlockingBatchClient, ChainHalted, ConnectError, DeadlinePassed,
+                              DeadlineTimeout, HttpClient, RequestTimeout, Response,
+                              UnsupportedRequest)
 
 
 @pytest.fixture(scope="module")
@@ -410,3 +412,148 @@ def test_started_batches_reach_the_provider_before_the_caller_waits(fcm):
         for user in range(5):
             mine = [h for h in log if h.startswith(f"{prefix}-") and int(h[2:]) % 5 == user]
             assert mine == [f"{prefix}-{i}" for i in range(user, 25, 5)]
+
+
+# ---------------------------------------------------------------- deadlines (expires_at)
+
+def deadline_in(seconds: float) -> int:
+    """An epoch-ms deadline ``seconds`` from now (the clock of ``expires_at``)."""
+    return int((time.time() + seconds) * 1000)
+
+
+def slow_answer(latency_s: float, seen: list):
+    """A server answer: note when the request arrived (epoch ms), answer 200 after
+    ``latency_s``; a connection the client dropped meanwhile just ends."""
+    async def answer(server, head, body, writer):
+        seen.append((head.split(b" ")[1].decode(), int(time.time() * 1000)))
+        await asyncio.sleep(latency_s)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        return True
+    return answer
+
+
+def check_written_before(answers, seen, deadline, paths):
+    """What the server received is exactly what was not answered DeadlinePassed, each before
+    the deadline; nothing after a DeadlinePassed was written."""
+    written = [p for p, a in zip(paths, answers) if not isinstance(a, DeadlinePassed)]
+    assert sorted(p for p, _ in seen) == sorted(written)
+    assert all(t < deadline for _, t in seen), [(p, t - deadline) for p, t in seen]
+    for a in answers:
+        assert isinstance(a, (Response, DeadlineTimeout, DeadlinePassed)), a
+    return written
+
+
+def test_chained_requests_are_not_written_at_or_after_their_deadline():
+    """A user's calls to a slow provider: each is written after the previous answer, so the
+    later ones would reach it after expires_at; they are answered DeadlinePassed instead."""
+    seen: list = []
+    deadline = deadline_in(0.9)
+    paths = [f"/chain/{i}" for i in range(8)]
+
+    async def go():
+        async with RawServer(slow_answer(0.25, seen)) as server:
+            client = HttpClient(max_connections=8, timeout_s=10)
+            try:
+                reqs = [raw_request(server.port, p) for p in paths]
+                for r in reqs:
+                    r.deadline = deadline
+                return await client.send_batch(reqs, keys=["u"] * 8)
+            finally:
+                await client.close()
+    answers = run(go())
+    written = check_written_before(answers, seen, deadline, paths)
+    assert written == paths[:len(written)] and len(written) < 8  # a prefix: the chain's order
+    assert all(a.stage == BEHIND_CHAIN for a in answers[len(written):])
+    assert all(a.status == 200 for a in answers if isinstance(a, Response))
+
+
+def test_requests_queued_for_a_connection_are_not_written_after_their_deadline():
+    seen: list = []
+    deadline = deadline_in(0.6)
+    paths = [f"/queued/{i}" for i in range(6)]
+
+    async def go():
+        async with RawServer(slow_answer(0.25, seen)) as server:
+            client = HttpClient(max_connections=1, timeout_s=10)
+            try:
+                reqs = [raw_request(server.port, p) for p in paths]
+                for r in reqs:
+                    r.deadline = deadline
+                return await client.send_batch(reqs)
+            finally:
+                await client.close()
+    answers = run(go())
+    written = check_written_before(answers, seen, deadline, paths)
+    assert 0 < len(written) < 6
+    assert {a.stage for a in answers if isinstance(a, DeadlinePassed)} == {IN_QUEUE}
+
+
+def test_an_unanswered_request_is_abandoned_at_its_deadline_not_its_timeout():
+    """timeout_s is 10 s; the deadline comes first and cuts the wait (DeadlineTimeout: the
+    request was written, so the provider may have it)."""
+    seen: list = []
+
+    async def hold(server, head, body, writer):
+        seen.append(head.split(b" ")[1].decode())
+        await server.release.wait()
+        return False
+
+    async def go():
+        async with RawServer(hold) as server:
+            client = HttpClient(max_connections=2, timeout_s=10)
+            try:
+                late = raw_request(server.port, "/held")
+                late.deadline = deadline_in(0.3)
+                return await client.send_batch([late])
+            finally:
+                server.release.set()
+                await client.close()
+    (answer,) = run(go())
+    assert isinstance(answer, DeadlineTimeout) and isinstance(answer, RequestTimeout)
+    assert seen == ["/held"]
+
+
+def test_a_request_past_its_deadline_is_never_written():
+    seen: list = []
+
+    async def go():
+        async with RawServer(slow_answer(0, seen)) as server:
+            client = HttpClient(max_connections=2)
+            try:
+                late = raw_request(server.port, "/late")
+                late.deadline = deadline_in(-0.001)
+                fine = raw_request(server.port, "/fine")
+                fine.deadline = deadline_in(30)
+                return await client.send_batch([late, fine, raw_request(server.port, "/none")])
+            finally:
+                await client.close()
+    late, fine, none = run(go())
+    assert isinstance(late, DeadlinePassed) and late.stage == BEFORE_WRITE
+    assert (fine.status, none.status) == (200, 200)
+    assert sorted(p for p, _ in seen) == ["/fine", "/none"]
+
+
+def test_a_connection_that_cannot_open_before_the_deadline_answers_deadline_passed():
+    """A listener whose backlog is full: the connect hangs (connect_timeout_s is 5 s); the
+    request's deadline ends the wait, and nothing was written."""
+    import socket
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))  # takes the one backlog slot
+
+    async def go():
+        client = HttpClient(max_connections=2, connect_timeout_s=5)
+        try:
+            req = raw_request(port, "/never")
+            req.deadline = deadline_in(0.3)
+            return await client.send_batch([req])
+        finally:
+            await client.close()
+    try:
+        (answer,) = run(go())
+    finally:
+        filler.close()
+        listener.close()
+    assert isinstance(answer, DeadlinePassed) and answer.stage == CONNECTING
