@@ -19,8 +19,9 @@ import orjson
 
 from herald import states
 from herald.errors import ValidationError
-from herald.models import (MAX_ID_LENGTH, Contacts, Content, Notification, _channels, _content,
-                           _epoch_ms, _object, _string, load_object)
+from herald.models import (CONTENT_FIELDS, ID_RULE, MAX_ID_LENGTH, Contacts, Content,
+                           Notification, _channels, _content, _epoch_ms, _object, _string,
+                           check_id, check_known_fields, check_tenant_id, id_problem, load_object)
 
 CANCEL_CAMPAIGN = "cancel_campaign"
 
@@ -31,6 +32,9 @@ SEGMENT_NAME_RULE = "1-128 characters of A-Z a-z 0-9 . _ -, starting with a lett
 MAX_EPOCH_MS = 9_999_999_999_999
 # The separator of derived recipient ids, ``{campaign_id}:{user_id}``.
 RECIPIENT_SEPARATOR = ":"
+# The fields the contract lists for a campaign (the API refuses others; see herald.models).
+CAMPAIGN_FIELDS = frozenset({"campaign_id", "tenant_id", "audience", "channels", "content",
+                             "created_at", "expires_at", "send_at"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +129,9 @@ def check_epoch_range(obj: Mapping, *names: str) -> None:
 
 
 def check_campaign_id(value: Any, field: str = "campaign_id") -> str:
-    """A campaign id: a non-empty string without the recipient separator, so that
-    ``{campaign_id}:{user_id}`` names exactly one (campaign, user) pair."""
-    campaign_id = _string({field: value}, field)
+    """A campaign id: an id (``herald.models.ID_RULE``) without the recipient separator, so
+    that ``{campaign_id}:{user_id}`` names exactly one (campaign, user) pair."""
+    campaign_id = check_id(value, field)
     if RECIPIENT_SEPARATOR in campaign_id:
         raise ValidationError(
             f"'{field}' must not contain {RECIPIENT_SEPARATOR!r}: recipient ids are "
@@ -167,25 +171,25 @@ def check_named_body(obj: Mapping, name: Any, allowed: frozenset[str], what: str
 
 def check_user_ids(value: Any, field: str = "user_ids", *, max_len: int = MAX_ID_LENGTH,
                    allow_empty: bool = False) -> tuple[str, ...]:
-    """A list of distinct, non-empty user id strings of at most ``max_len`` characters."""
+    """A list of distinct user ids, each an id (``ID_RULE``) of at most ``max_len``."""
     if not isinstance(value, list):
         raise ValidationError(f"'{field}' must be a list of user ids, got {type(value).__name__}",
                               field)
     if not value and not allow_empty:
         raise ValidationError(f"'{field}' must not be empty", field)
-    seen: set[str] = set()
     for i, user_id in enumerate(value):
-        label = f"{field}[{i}]"
-        if not isinstance(user_id, str):
-            raise ValidationError(f"'{label}' must be a string, got {type(user_id).__name__}",
-                                  field)
-        if not user_id.strip():
-            raise ValidationError(f"'{label}' must not be empty", field)
-        if len(user_id) > max_len:
-            raise ValidationError(f"'{label}' is longer than {max_len} characters", field)
-        if user_id in seen:
-            raise ValidationError(f"'{field}' lists user {user_id!r} twice", field, "duplicate")
-        seen.add(user_id)
+        if not (user_id.__class__ is str and 0 < len(user_id) <= max_len
+                and user_id.isprintable() and " " not in user_id and "/" not in user_id):
+            label = f"{field}[{i}]"
+            if not isinstance(user_id, str):
+                raise ValidationError(f"'{label}' must be a string, got "
+                                      f"{type(user_id).__name__}", field)
+            raise ValidationError(f"'{label}' {id_problem(user_id, max_len)}; a user id is "
+                                  f"{ID_RULE}", field)
+    if len(set(value)) != len(value):
+        seen: set[str] = set()
+        twice = next(u for u in value if u in seen or seen.add(u))
+        raise ValidationError(f"'{field}' lists user {twice!r} twice", field, "duplicate")
     return tuple(value)
 
 
@@ -213,7 +217,7 @@ def campaign_from_dict(obj: Mapping, *, now_ms: int | None = None,
                        max_id_length: int = MAX_ID_LENGTH) -> Campaign:
     """Validate one Campaign. With ``now_ms``, an already expired campaign is refused too."""
     campaign_id = check_campaign_id(obj.get("campaign_id"))
-    tenant_id = _string(obj, "tenant_id")
+    tenant_id = check_tenant_id(obj.get("tenant_id"))
     audience = _audience(obj, campaign_id, max_id_length)
     if obj.get("channels") is None:
         raise ValidationError("missing required field 'channels'", "channels", "missing_field")
@@ -251,7 +255,15 @@ def cancel_from_dict(obj: Mapping) -> CancelCampaign:
     if kind != CANCEL_CAMPAIGN:
         raise ValidationError(f"'kind' must be {CANCEL_CAMPAIGN!r}, got {kind!r}", "kind")
     return CancelCampaign(campaign_id=check_campaign_id(obj.get("campaign_id")),
-                          tenant_id=_string(obj, "tenant_id"), at=_epoch_ms(obj, "at"))
+                          tenant_id=check_tenant_id(obj.get("tenant_id")), at=_epoch_ms(obj, "at"))
+
+
+def check_campaign_fields(obj: Mapping) -> None:
+    """The API's rule: no field the contract does not list (top level and ``content``;
+    ``audience`` is checked by the reader on every path)."""
+    check_known_fields(obj, CAMPAIGN_FIELDS, "a campaign")
+    if isinstance(obj.get("content"), Mapping):
+        check_known_fields(obj["content"], CONTENT_FIELDS, "'content'", "content.")
 
 
 # ---------------------------------------------------------------- recipients

@@ -21,7 +21,26 @@ from herald import states
 from herald.errors import ValidationError
 
 MAX_ID_LENGTH = 256
+MAX_TENANT_LENGTH = 64
 MAX_EPOCH_MS = 10**13  # 2286-11-20: keeps created_at + any TTL inside 64 bits
+
+ID_RULE = f"1-{MAX_ID_LENGTH} printable characters without whitespace or '/'"
+TENANT_RULE = (f"1-{MAX_TENANT_LENGTH} characters of A-Z a-z 0-9 . _ -, starting with a letter "
+               "or digit")
+PHONE_RULE = "E.164: '+' then 2-15 digits, the first not 0 (e.g. '+15550100')"
+EMAIL_RULE = "an address with one '@', a non-empty local part and a domain with a dot"
+_TENANT_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_TENANT_CHARS = _TENANT_FIRST | frozenset("._-")
+# Tenant ids already found valid: a handful per deployment, so the check is one set lookup.
+_TENANTS_SEEN: set[str] = set()
+_TENANTS_SEEN_MAX = 10_000
+
+# The fields the contract lists; the API refuses others, the Kafka path ignores them.
+NOTIFICATION_FIELDS = frozenset({"id", "tenant_id", "user_id", "priority", "channels", "to",
+                                 "content", "created_at", "expires_at", "seq", "campaign_id",
+                                 "send_at"})
+CONTACT_FIELDS = frozenset({"push_token", "platform", "phone", "email"})
+CONTENT_FIELDS = frozenset({"title", "body", "data", "template", "vars"})
 
 
 def pickles_as_list(cls):
@@ -174,6 +193,95 @@ def _string(obj: Mapping, name: str, *, required: bool = True, max_len: int = MA
     return value
 
 
+def id_problem(value: str, max_len: int = MAX_ID_LENGTH) -> str | None:
+    """Why ``value`` is not a valid id (see ``ID_RULE``), or None. Ids name Redis keys and
+    appear in URL paths and logs, so nothing invisible, no whitespace and no '/'."""
+    if not value:
+        return "must not be empty"
+    if len(value) > max_len:
+        return f"is longer than {max_len} characters"
+    for i, ch in enumerate(value):
+        if ch == "/":
+            return f"contains '/' at character {i} (ids appear in URL paths)"
+        if ch.isspace():
+            return f"contains whitespace ({ch!r}) at character {i}"
+        if not ch.isprintable():
+            return f"contains the non-printable character U+{ord(ch):04X} at character {i}"
+    return None
+
+
+def _id(obj: Mapping, name: str, *, required: bool = True, max_len: int = MAX_ID_LENGTH,
+        prefix: str = "") -> str | None:
+    """An id field (``id``, ``user_id``, ``campaign_id``): ``ID_RULE``."""
+    value = obj.get(name)
+    if (value.__class__ is str and 0 < len(value) <= max_len and value.isprintable()
+            and " " not in value and "/" not in value):
+        return value  # the common case: three C-level scans (printable excludes all but ' ')
+    if value is None and not required:
+        return None
+    value = _require(obj, name, prefix)
+    label = prefix + name
+    if not isinstance(value, str):
+        raise ValidationError(f"'{label}' must be a string, got {type(value).__name__}", label)
+    raise ValidationError(f"'{label}' {id_problem(value, max_len)}; an id is {ID_RULE}", label)
+
+
+def check_id(value: Any, field: str, max_len: int = MAX_ID_LENGTH) -> str:
+    """One id given on its own (a path segment, a list entry)."""
+    return _id({field: value}, field, max_len=max_len)
+
+
+def check_tenant_id(value: Any, field: str = "tenant_id") -> str:
+    """A tenant id: ``TENANT_RULE``. It is part of Redis key names (``herald:<kind>:{tenant}:``)
+    and of directory names, so never ':' nor '/', nor a leading '.'."""
+    if value.__class__ is str and value in _TENANTS_SEEN:  # only valid ones are ever added
+        return value
+    if value is None:
+        raise ValidationError(f"missing required field '{field}'", field, "missing_field")
+    if not isinstance(value, str):
+        raise ValidationError(f"'{field}' must be a string, got {type(value).__name__}", field)
+    if not (0 < len(value) <= MAX_TENANT_LENGTH and value[0] in _TENANT_FIRST
+            and _TENANT_CHARS.issuperset(value)):
+        raise ValidationError(f"'{field}' must be {TENANT_RULE}, got {value!r}", field)
+    if len(_TENANTS_SEEN) >= _TENANTS_SEEN_MAX:
+        _TENANTS_SEEN.clear()
+    _TENANTS_SEEN.add(value)
+    return value
+
+
+def check_phone(value: str, field: str = "to.phone") -> str:
+    if not (3 <= len(value) <= 16 and value[0] == "+" and value[1] != "0"
+            and value.isascii() and value[1:].isdigit()):
+        raise ValidationError(f"'{field}' must be {PHONE_RULE}, got {value!r}", field)
+    return value
+
+
+def check_email(value: str, field: str = "to.email") -> str:
+    local, at, domain = value.partition("@")
+    if (not at or not local or "@" in domain or "." not in domain or domain[0] == "."
+            or domain[-1] == "." or not value.isprintable() or " " in value):
+        raise ValidationError(f"'{field}' must be {EMAIL_RULE}, got {value!r}", field)
+    return value
+
+
+def check_known_fields(obj: Mapping, known: frozenset[str], what: str, prefix: str = "") -> None:
+    """Refuse fields the contract does not list (the API's rule; Kafka records may carry
+    extra fields, which are ignored)."""
+    unknown = sorted(prefix + str(k) for k in obj if k not in known)
+    if unknown:
+        raise ValidationError(f"unknown field(s) {', '.join(map(repr, unknown))} in {what} "
+                              f"(known: {', '.join(sorted(known))})", unknown[0])
+
+
+def check_notification_fields(obj: Mapping) -> None:
+    """What the API adds to the reader: no field the contract does not list, at any level but
+    the free-form ``content.data`` and ``content.vars``."""
+    check_known_fields(obj, NOTIFICATION_FIELDS, "a notification")
+    for name, known in (("to", CONTACT_FIELDS), ("content", CONTENT_FIELDS)):
+        if isinstance(obj.get(name), Mapping):
+            check_known_fields(obj[name], known, f"'{name}'", f"{name}.")
+
+
 def _epoch_ms(obj: Mapping, name: str, *, required: bool = True) -> int | None:
     value = obj.get(name)
     if value.__class__ is int and 10**11 <= value < MAX_EPOCH_MS:
@@ -228,11 +336,13 @@ def _contacts(obj: Mapping) -> Contacts:
     if platform is not None and platform not in states.PLATFORMS:
         raise ValidationError(f"'to.platform' must be 'ios' or 'android', got {platform!r}",
                               "to.platform")
+    phone = _string(to, "phone", required=False, max_len=32, prefix="to.")
+    email = _string(to, "email", required=False, max_len=320, prefix="to.")
     return Contacts(
         push_token=_string(to, "push_token", required=False, max_len=4096, prefix="to."),
         platform=platform,
-        phone=_string(to, "phone", required=False, max_len=32, prefix="to."),
-        email=_string(to, "email", required=False, max_len=320, prefix="to."),
+        phone=phone if phone is None else check_phone(phone),
+        email=email if email is None else check_email(email),
     )
 
 
@@ -293,11 +403,13 @@ def notification_from_dict(obj: Mapping, *, expected_priority: str | None = None
     if seq is not None and (isinstance(seq, bool) or not isinstance(seq, int) or seq < 0):
         raise ValidationError(f"'seq' must be a non-negative integer, got {seq!r}", "seq")
     send_at = _epoch_ms(obj, "send_at", required=False)
+    tenant = obj.get("tenant_id")
     return Notification(
-        id=_string(obj, "id"), tenant_id=_string(obj, "tenant_id"),
-        user_id=_string(obj, "user_id"), priority=priority, channels=_channels(obj),
+        id=_id(obj, "id"), tenant_id=(tenant if tenant.__class__ is str and tenant in _TENANTS_SEEN
+                                      else check_tenant_id(tenant)),
+        user_id=_id(obj, "user_id"), priority=priority, channels=_channels(obj),
         to=_contacts(obj), content=_content(obj), created_at=created_at, expires_at=expires_at,
-        seq=seq, campaign_id=_string(obj, "campaign_id", required=False), send_at=send_at)
+        seq=seq, campaign_id=_id(obj, "campaign_id", required=False), send_at=send_at)
 
 
 def parse_notification(raw: bytes | str, *, expected_priority: str | None = None,

@@ -11,7 +11,6 @@ Engine-free: pyarrow only. Ids are checked as a whole column (Arrow compute), no
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +22,15 @@ import pyarrow.parquet as pq
 
 from herald.campaigns import check_segment_name
 from herald.errors import ValidationError
-from herald.models import MAX_ID_LENGTH
+from herald.models import ID_RULE, MAX_ID_LENGTH, check_tenant_id, id_problem
 
 COLUMN = "user_id"
 CURRENT = "CURRENT"
 # What joins a batch of ids into one string for the hand-over to Flink SQL, which splits it
-# again; ids in a segment may not contain it (nor any other control character).
+# again; ids in a segment may not contain it (ids are printable: herald.models.ID_RULE).
 SEPARATOR = "\n"
-CONTROL_CHARS = r"[\x00-\x1f\x7f]"
-# A tenant becomes a directory name: the segment-name alphabet keeps it one path component.
-TENANT_DIR = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# Printable characters an id may still not hold (utf8_is_printable lets the space through).
+FORBIDDEN_PRINTABLE = r"[ /]"
 META_COUNT = b"herald.count"
 META_MAX_LEN = b"herald.max_id_length"
 META_UPDATED_AT = b"herald.updated_at"
@@ -62,8 +60,8 @@ def _first(mask: pa.Array) -> int:
 
 
 def check_ids(ids: pa.Array, *, max_len: int = MAX_ID_LENGTH) -> pa.Array:
-    """Every id a non-empty string of at most ``max_len`` characters, without control characters
-    (they could not cross to Flink SQL joined by ``SEPARATOR``), and none listed twice."""
+    """Every id valid by ``herald.models.ID_RULE`` (at most ``max_len`` characters; printable,
+    so ``SEPARATOR`` never occurs in one), and none listed twice; column-wise, in Arrow."""
     if ids.null_count:
         i = _first(pc.is_null(ids))
         raise ValidationError(f"'user_ids[{i}]' is empty (null)", "user_ids")
@@ -76,12 +74,15 @@ def check_ids(ids: pa.Array, *, max_len: int = MAX_ID_LENGTH) -> pa.Array:
     if pc.any(too_long).as_py():
         raise ValidationError(f"'user_ids[{_first(too_long)}]' is longer than {max_len} "
                               "characters", "user_ids")
-    control = pc.match_substring_regex(ids, CONTROL_CHARS)
-    if pc.any(control).as_py():
-        i = _first(control)
-        raise ValidationError(f"'user_ids[{i}]' ({ids[i].as_py()!r}) contains a control "
-                              "character", "user_ids")
-    if pc.count_distinct(ids).as_py() != len(ids):
+    # utf8_is_printable is Python's str.isprintable (checked over every code point)
+    bad = pc.or_(pc.invert(pc.utf8_is_printable(ids)),
+                 pc.match_substring_regex(ids, FORBIDDEN_PRINTABLE))
+    if pc.any(bad).as_py():
+        i = _first(bad)
+        value = ids[i].as_py()
+        raise ValidationError(f"'user_ids[{i}]' ({value!r}) {id_problem(value, max_len)}; a "
+                              f"user id is {ID_RULE}", "user_ids")
+    if len(pc.unique(ids)) != len(ids):  # unique: half the time of count_distinct
         counts = pc.value_counts(ids)
         twice = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
         raise ValidationError(f"'user_ids' lists user {twice!r} twice", "user_ids", "duplicate")
@@ -99,10 +100,9 @@ def join_ids(ids: pa.Array) -> str:
 # ---------------------------------------------------------------- files
 
 def check_tenant(tenant: str) -> str:
-    if not isinstance(tenant, str) or not TENANT_DIR.fullmatch(tenant):
-        raise ValidationError(f"tenant {tenant!r} cannot name a segment directory (1-128 of "
-                              "A-Z a-z 0-9 . _ -, starting with a letter or digit)", "tenant_id")
-    return tenant
+    """A tenant id (``herald.models.TENANT_RULE``): it names a directory, and ``.`` or ``..``
+    never pass."""
+    return check_tenant_id(tenant)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +131,13 @@ class SegmentFiles:
         return self.root / check_tenant(tenant) / check_segment_name(name, "name")
 
     def write(self, tenant: str, name: str, user_ids: Sequence[str] | pa.Array, now_ms: int, *,
-              max_len: int = MAX_ID_LENGTH) -> SegmentVersion:
-        """Check the ids, write them as a new version, make it current; return it."""
+              max_len: int = MAX_ID_LENGTH, checked: bool = False) -> SegmentVersion:
+        """Check the ids (unless ``checked``: ``check_ids`` passed them already), write them as
+        a new version, make it current; return it."""
         directory = self.directory(tenant, name)
-        ids = check_ids(ids_array(user_ids), max_len=max_len)
+        ids = ids_array(user_ids)
+        if not checked:
+            ids = check_ids(ids, max_len=max_len)
         longest = pc.max(pc.utf8_length(ids)).as_py() if len(ids) else 0
         table = pa.table({COLUMN: ids}).replace_schema_metadata({
             META_COUNT: str(len(ids)), META_MAX_LEN: str(longest),

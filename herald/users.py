@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from herald import states
 from herald.errors import ValidationError
-from herald.models import MAX_ID_LENGTH, Contacts, _contacts, _string
+from herald.models import MAX_ID_LENGTH, Contacts, _contacts, _string, check_id
 
 PREFIX = "herald"
 LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8}){0,3}")
@@ -115,7 +115,8 @@ def user_from_values(user_id: str, values: Sequence[bytes | str | None]) -> User
 # ---------------------------------------------------------------- validation
 
 def check_user_id(value: Any, field: str = "user_id") -> str:
-    return _string({field: value}, field, max_len=MAX_ID_LENGTH)
+    """A user (or notification) id: ``herald.models.ID_RULE``."""
+    return check_id(value, field, MAX_ID_LENGTH)
 
 
 def _quiet_hours(obj: Mapping) -> QuietHours | None:

@@ -7,7 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from herald.campaigns import (CANCEL_CAMPAIGN, CancelCampaign, campaign_from_dict,
-                              cancel_from_dict, check_segment_name, parse_campaign)
+                              cancel_from_dict, check_campaign_fields, check_segment_name,
+                              check_user_ids, parse_campaign)
 from herald.errors import ValidationError
 
 NOW = 1_764_000_000_000
@@ -103,7 +104,7 @@ def test_a_campaign_in_the_future_is_not_expired():
     ({"audience": {"user_ids": []}}, "audience.user_ids", "must not be empty"),
     ({"audience": {"user_ids": "u-1"}}, "audience.user_ids", "must be a list"),
     ({"audience": {"user_ids": ["u-1", 2]}}, "audience.user_ids", "'audience.user_ids[1]' must be a string"),
-    ({"audience": {"user_ids": ["u-1", " "]}}, "audience.user_ids", "must not be empty"),
+    ({"audience": {"user_ids": ["u-1", " "]}}, "audience.user_ids", "contains whitespace"),
     ({"audience": {"user_ids": ["u-1", "u-1"]}}, "audience.user_ids", "lists user 'u-1' twice"),
 ])
 def test_contract_violations_name_the_field_and_the_rule(changes, field, words):
@@ -136,6 +137,7 @@ def test_cancel_control_record_round_trips():
 @pytest.mark.parametrize("changes, field", [
     ({"kind": "quota"}, "kind"), ({"campaign_id": None}, "campaign_id"),
     ({"tenant_id": ""}, "tenant_id"), ({"at": "now"}, "at"),
+    ({"tenant_id": "acme:x"}, "tenant_id"), ({"campaign_id": "c/../x"}, "campaign_id"),
 ])
 def test_cancel_control_violations(changes, field):
     doc = {"kind": CANCEL_CAMPAIGN, "campaign_id": "cmp-1", "tenant_id": "acme", "at": NOW}
@@ -165,3 +167,42 @@ def test_any_shape_either_parses_or_raises_validation_error(obj):
         campaign_from_dict(campaign(**obj), now_ms=NOW)
     except ValidationError as e:
         assert e.message and e.code
+
+
+# ---------------------------------------------------------------- ids and fields
+
+@pytest.mark.parametrize("changes, field, words", [
+    ({"campaign_id": "c\x00"}, "campaign_id", "non-printable character U+0000"),
+    ({"campaign_id": "../../x"}, "campaign_id", "contains '/'"),
+    ({"campaign_id": "spring sale"}, "campaign_id", "contains whitespace"),
+    ({"campaign_id": "c\u200b"}, "campaign_id", "non-printable character U+200B"),
+    ({"tenant_id": "acme:eu"}, "tenant_id", "A-Z a-z 0-9 . _ -"),
+    ({"tenant_id": ".."}, "tenant_id", "starting with a letter or digit"),
+    ({"audience": {"user_ids": ["u-1", "u\n2"]}}, "audience.user_ids",
+     "'audience.user_ids[1]' contains whitespace"),
+    ({"audience": {"user_ids": ["u/1"]}}, "audience.user_ids", "contains '/'"),
+    ({"audience": {"user_ids": ["u\u202e1"]}}, "audience.user_ids", "U+202E"),
+])
+def test_campaign_ids_tenants_and_recipients_follow_the_id_rules(changes, field, words):
+    e = reason(campaign(**changes))
+    assert e.field == field
+    assert words in e.message
+
+
+def test_a_user_id_list_names_the_first_repeat_after_checking_every_id():
+    assert check_user_ids(["a", "b"]) == ("a", "b")
+    with pytest.raises(ValidationError, match="lists user 'b' twice") as e:
+        check_user_ids(["a", "b", "c", "b", "a"])
+    assert e.value.code == "duplicate"
+
+
+def test_the_kafka_path_ignores_extra_campaign_fields_and_the_api_check_names_them():
+    doc = campaign(source="crm", content={"body": "b", "html": "<b>"})
+    assert campaign_from_dict(doc, now_ms=NOW).campaign_id == "cmp-spring-sale"
+    with pytest.raises(ValidationError, match="unknown field") as e:
+        check_campaign_fields(doc)
+    assert e.value.field == "source"  # the top level first
+    with pytest.raises(ValidationError) as e:
+        check_campaign_fields(campaign(content={"body": "b", "html": "<b>"}))
+    assert e.value.field == "content.html"
+    check_campaign_fields(campaign())  # every contract field passes

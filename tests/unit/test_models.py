@@ -6,7 +6,8 @@ import pytest
 
 from herald import states
 from herald.errors import ValidationError
-from herald.models import Status, dead_letter, parse_notification
+from herald.models import (Status, check_notification_fields, check_tenant_id, dead_letter,
+                           parse_notification)
 
 NOW = 1_764_000_000_000
 
@@ -126,3 +127,108 @@ def test_unhashable_or_huge_values_are_validation_errors_not_crashes(changes, fi
     with pytest.raises(ValidationError) as e:
         parse(record(**changes))
     assert e.value.field == field
+
+
+# ---------------------------------------------------------------- ids, tenants, contacts
+
+@pytest.mark.parametrize("name", ["id", "user_id", "campaign_id"])
+@pytest.mark.parametrize("value, words", [
+    ("a\x00b", "non-printable character U\\+0000"),
+    ("line\nbreak", "contains whitespace"),
+    ("tab\there", "contains whitespace"),
+    ("sp ace", "contains whitespace"),
+    ("nb\u00a0sp", "contains whitespace"),
+    ("zero\u200bwidth", "non-printable character U\\+200B"),
+    ("rtl\u202eoverride", "non-printable character U\\+202E"),
+    ("soft\u00adhyphen", "non-printable character U\\+00AD"),
+    ("../../x", "contains '/'"),
+    ("a/b", "contains '/'"),
+    ("x" * 257, "longer than 256"),
+    ("", "must not be empty"),
+])
+def test_ids_are_printable_without_whitespace_or_slash(name, value, words):
+    with pytest.raises(ValidationError, match=words) as e:
+        parse(record(**{name: value}))
+    assert e.value.field == name
+
+
+@pytest.mark.parametrize("value", ["ntf:1", "ünïcödé-🎉", "a.b_c-d", "x" * 256, "q\"uote\\",
+                                   "campaign:user"])
+def test_ids_may_hold_any_other_printable_character(value):
+    n = parse(record(id=value, user_id=value))
+    assert (n.id, n.user_id) == (value, value)
+
+
+@pytest.mark.parametrize("value", ["a:b", "", ".hidden", "-x", "a/b", "a b", "é", "x" * 65,
+                                   "acme\n", 7, ["acme"]])
+def test_tenant_ids_are_a_safe_ascii_alphabet(value):
+    with pytest.raises(ValidationError) as e:
+        parse(record(tenant_id=value))
+    assert e.value.field == "tenant_id"
+
+
+@pytest.mark.parametrize("value", ["acme", "Globex.EU", "t_1-2", "9", "x" * 64])
+def test_valid_tenant_ids_parse_again_and_again(value):
+    for _ in range(2):  # the second time from the cache of tenants already seen
+        assert parse(record(tenant_id=value)).tenant_id == value
+
+
+def test_a_tenant_id_seen_valid_does_not_let_an_invalid_one_through():
+    assert check_tenant_id("acme") == "acme"
+    with pytest.raises(ValidationError):
+        check_tenant_id("acme:")
+    with pytest.raises(ValidationError):  # unhashable: a ValidationError, not a TypeError
+        check_tenant_id({"t": 1})
+
+
+@pytest.mark.parametrize("phone, ok", [
+    ("+15550100", True), ("+49", True), ("+123456789012345", True),
+    ("+1234567890123456", False), ("+1", False), ("+0123", False), ("15550100", False),
+    ("notaphone", False), ("+1 555 0100", False), ("+1-555-0100", False), ("+١٢٣", False),
+    ("+1²", False), ("555-1234", False),
+])
+def test_phones_are_e164(phone, ok):
+    if ok:
+        assert parse(record(to={"phone": phone})).to.phone == phone
+    else:
+        with pytest.raises(ValidationError, match="E.164") as e:
+            parse(record(to={"phone": phone}))
+        assert e.value.field == "to.phone"
+
+
+@pytest.mark.parametrize("email, ok", [
+    ("a@b.c", True), ("first.last+tag@mail.example.com", True), ("ü@exämple.de", True),
+    ("no-at", False), ("@b.c", False), ("a@b", False), ("a@@b.c", False), ("a@b@c.d", False),
+    ("a b@c.d", False), ("a@b .c", False), ("a@.c", False), ("a@c.", False), ("a\n@b.c", False),
+])
+def test_emails_have_one_at_and_a_domain_with_a_dot(email, ok):
+    if ok:
+        assert parse(record(to={"email": email})).to.email == email
+    else:
+        with pytest.raises(ValidationError, match="'@'") as e:
+            parse(record(to={"email": email}))
+        assert e.value.field == "to.email"
+
+
+def test_records_off_kafka_may_carry_extra_fields_which_are_ignored():
+    n = parse(record(trace_id="abc", to={"push_token": "t", "platform": "ios", "x": 1},
+                     content={"body": "b", "html": "<b>"}))
+    assert n.id == "ntf-1" and "trace_id" not in n.to_dict()
+    assert "html" not in n.to_dict()["content"] and "x" not in n.to_dict()["to"]
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"trace_id": "abc"}, "trace_id"),
+    ({"to": {"phone": "+15550100", "pager": "1"}}, "to.pager"),
+    ({"content": {"body": "b", "html": "<b>"}}, "content.html"),
+])
+def test_the_apis_field_check_names_the_first_unknown_field(changes, field):
+    with pytest.raises(ValidationError, match="unknown field") as e:
+        check_notification_fields(record(**changes))
+    assert e.value.field == field
+
+
+def test_the_apis_field_check_passes_every_contract_field_and_free_data():
+    check_notification_fields(record(campaign_id="c", send_at=NOW + 1,
+                                     content={"body": "b", "data": {"any": "x"},
+                                              "vars": {"free": 1}, "title": "t"}))
