@@ -7,7 +7,9 @@ A template (``PUT /v1/templates/{name}``)::
                  "pt-BR": {"body": "{{count}} novas ofertas"}}}
 
 A notification names one with ``content.template`` and passes ``content.vars``. Rendering
-picks the user's locale (``pt-BR``, then ``pt``, then the template's default) and fills each
+takes each field (title, body) from the user's locale (``pt-BR``), else its language (``pt``),
+else the template's default, field by field (``pt-BR`` above gets ``en``'s title); the default
+locale must have a body, other locales a title or a body or both. It fills each
 ``{{name}}`` from ``content.vars``, then from the user record (``user_id``, ``locale``,
 ``email``, ``phone``). A variable found in neither is a ``TemplateError`` naming it: a message
 is never sent with a blank. Values are inserted as they are and never expanded again (a value
@@ -83,25 +85,32 @@ class Template:
     variants: Mapping[str, Mapping[str, Parts | None]]
     source: Mapping[str, Any]  # the validated document, as stored
 
-    def variant(self, locale: str | None) -> tuple[str, Mapping[str, Parts | None]]:
-        """The variant for ``locale``: exact, then its language, then the default."""
+    def chain(self, locale: str | None) -> tuple[str, ...]:
+        """The locales to look in, in order: exact, then its language, then the default."""
+        default = locale_key(self.default_locale)
+        keys = []
         if locale:
             key = locale_key(locale)
-            if key in self.variants:
-                return key, self.variants[key]
-            language = key.split("-", 1)[0]
-            if language in self.variants:
-                return language, self.variants[language]
-        key = locale_key(self.default_locale)
-        return key, self.variants[key]
+            keys += [key, key.split("-", 1)[0]]
+        keys.append(default)
+        return tuple(dict.fromkeys(k for k in keys if k in self.variants))
+
+    def field(self, locale: str | None, name: str) -> tuple[str, Parts | None]:
+        """(the locale it comes from, the compiled field): each field falls back on its own, so
+        ``pt-BR`` with a body but no title takes the title of ``pt``, else of the default."""
+        chain = self.chain(locale)
+        for key in chain:
+            parts = self.variants[key].get(name)
+            if parts is not None:
+                return key, parts
+        return chain[-1], None
 
     def render(self, locale: str | None, variables: Mapping[str, Any],
                user_values: Mapping[str, Any]) -> tuple[str | None, str]:
         """(title, body) for ``locale``; TemplateError naming a variable found nowhere."""
-        chosen, variant = self.variant(locale)
         out = []
         for field in ("title", "body"):
-            parts = variant.get(field)
+            chosen, parts = self.field(locale, field)
             if parts is None:
                 out.append(None)
                 continue
@@ -160,13 +169,14 @@ def template_from_dict(obj: Mapping, name: str) -> Template:
             raise ValidationError(f"unknown field {extra[0]!r} in '{where}' (known: title, body)",
                                   f"{where}.{extra[0]}")
         compiled: dict[str, Parts | None] = {}
+        if all(variant.get(field) is None for field in LIMITS):
+            raise ValidationError(f"'{where}' needs a 'body' or a 'title' (a field it leaves "
+                                  "out comes from its language, then the default locale)",
+                                  f"{where}.body", "missing_field")
         for field, limit in LIMITS.items():
             text = variant.get(field)
             label = f"{where}.{field}"
             if text is None:
-                if field == "body":
-                    raise ValidationError(f"missing required field '{label}'", label,
-                                          "missing_field")
                 compiled[field] = None
                 continue
             if not isinstance(text, str) or not text.strip():
@@ -183,6 +193,10 @@ def template_from_dict(obj: Mapping, name: str) -> Template:
     if locale_key(default) not in variants:
         raise ValidationError(f"'default_locale' {default!r} is not one of 'locales' "
                               f"({', '.join(sorted(locales))})", "default_locale")
+    if variants[locale_key(default)]["body"] is None:  # the end of every fallback
+        label = f"locales.{next(k for k in locales if locale_key(k) == locale_key(default))}.body"
+        raise ValidationError(f"missing required field '{label}': the default locale needs a "
+                              "body", label, "missing_field")
     return Template(name=name, default_locale=default, variants=variants,
                     source={"name": name, "default_locale": default, "locales": source})
 

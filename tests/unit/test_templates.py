@@ -22,7 +22,7 @@ def template():
 @pytest.mark.parametrize("locale, expected", [
     ("pt-BR", ("Olá Ana", "3 ofertas")),
     ("pt_br", ("Olá Ana", "3 ofertas")),        # case and separator do not matter
-    ("de-AT", (None, "3 Angebote")),            # no de-AT: its language, de (which has no title)
+    ("de-AT", ("Hi Ana", "3 Angebote")),        # no de-AT: de's body, and en's title (de has none)
     ("fr", ("Hi Ana", "3 offers for a@b.c")),    # neither: the default locale
     (None, ("Hi Ana", "3 offers for a@b.c")),    # no locale known: the default
 ])
@@ -45,14 +45,15 @@ def test_a_missing_variable_is_an_error_naming_it_never_a_blank(template):
 
 
 def test_a_variable_missing_only_in_another_locale_is_not_an_error(template):
-    assert template.render("de", {"count": 2}, {}) == (None, "2 Angebote")
+    assert template.render("pt-BR", {"count": 2, "first_name": "Ana"}, {}) == ("Olá Ana",
+                                                                             "2 ofertas")
 
 
 def test_a_value_that_is_neither_text_nor_number_is_refused(template):
     with pytest.raises(TemplateError, match="list"):
-        template.render("de", {"count": [1, 2]}, {})
+        template.render("de", {"count": [1, 2], "first_name": "Ana"}, {})
     with pytest.raises(TemplateError, match="bool"):
-        template.render("de", {"count": True}, {})
+        template.render("de", {"count": True, "first_name": "Ana"}, {})
 
 
 def test_escaping_a_literal_brace_pair_and_values_never_expanded_again():
@@ -80,6 +81,9 @@ def test_bad_field_syntax_is_refused_with_the_field_named(text):
     ({"default_locale": "en", "locales": {"english!": {"body": "x"}}}, "locales.english!"),
     ({"default_locale": "en", "locales": {"en": {"body": "x"}}, "colour": 1}, "colour"),
     ({"default_locale": "en", "locales": {"en": "x"}}, "locales.en"),
+    ({"default_locale": "en", "locales": {"en": {"body": "x"}, "de": {}}}, "locales.de.body"),
+    ({"default_locale": "pt-BR", "locales": {"en": {"body": "x"}, "pt-BR": {"title": "t"}}},
+     "locales.pt-BR.body"),
 ])
 def test_invalid_documents_name_the_field(doc, field):
     with pytest.raises(ValidationError) as caught:
@@ -111,3 +115,40 @@ def test_the_cache_compiles_each_stored_version_once(template, monkeypatch):
 def test_an_unusable_stored_template_is_a_template_error():
     with pytest.raises(TemplateError, match="unusable"):
         TemplateCache().get(b'{"locales": 1}', "t")
+
+
+# ---------------------------------------------------------------- fallback per field
+
+CONTRACT_EXAMPLE = {"default_locale": "en",
+                    "locales": {"en": {"title": "Hi {{name}}", "body": "{{count}} offers"},
+                                "pt-BR": {"body": "{{count}} ofertas"}}}
+
+
+def test_the_contracts_example_takes_the_title_from_the_default_and_the_body_from_pt_br():
+    t = template_from_dict(CONTRACT_EXAMPLE, "offers")
+    assert t.render("pt-BR", {"name": "Ana", "count": 3}, {}) == ("Hi Ana", "3 ofertas")
+
+
+def test_each_field_falls_back_locale_then_language_then_default_on_its_own():
+    t = template_from_dict({"default_locale": "en", "locales": {
+        "en": {"title": "T-en", "body": "B-en"},
+        "pt": {"title": "T-pt"},
+        "pt-BR": {"body": "B-pt-BR"},
+        "es": {"title": "T-es"}}}, "chain")
+    assert t.render("pt-BR", {}, {}) == ("T-pt", "B-pt-BR")   # title from pt, body its own
+    assert t.render("pt-PT", {}, {}) == ("T-pt", "B-en")      # pt has no body: the default's
+    assert t.render("es-MX", {}, {}) == ("T-es", "B-en")
+    assert t.render("fr", {}, {}) == ("T-en", "B-en")
+    assert t.chain("pt-BR") == ("pt-br", "pt", "en") and t.chain(None) == ("en",)
+
+
+def test_a_missing_variable_names_the_locale_its_field_came_from():
+    t = template_from_dict(CONTRACT_EXAMPLE, "offers")
+    with pytest.raises(TemplateError, match="locale 'en'.*title"):
+        t.render("pt-BR", {"count": 3}, {})
+
+
+def test_no_title_anywhere_stays_no_title():
+    t = template_from_dict({"default_locale": "en", "locales": {"en": {"body": "b"},
+                                                                "pt-BR": {"body": "c"}}}, "n")
+    assert t.render("pt-BR", {}, {}) == (None, "c")
