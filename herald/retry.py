@@ -1,4 +1,5 @@
-"""Retry and fallback policies: when to try again, when to give up, which channel is next.
+"""Retry and fallback policies: when to try again, when to give up, which channel is next,
+and whether the time left allows another try on this channel before the next one.
 
 Small objects that check their arguments once at construction (like PyFlink's
 ``async_retry_strategies``), then answer per failure without I/O. Times are epoch ms, the
@@ -26,10 +27,16 @@ PERMANENT = "permanent"
 EXHAUSTED = "exhausted"              # retries used up on this channel
 MISSING_CONTACT = "missing_contact"  # the user has no token/number/address for this channel
 UNAVAILABLE = "unavailable"          # the provider's circuit is open
+OUT_OF_TIME = "out_of_time"          # a retry here would leave the later channels too little
 EXPIRED = "expired"                  # expires_at reached: no channel can help
 FAILURES = frozenset({THROTTLED, RETRYABLE, PERMANENT, EXHAUSTED, MISSING_CONTACT, UNAVAILABLE,
-                      EXPIRED})
-FINAL_FAILURES = frozenset({PERMANENT, EXHAUSTED, MISSING_CONTACT, UNAVAILABLE, EXPIRED})
+                      OUT_OF_TIME, EXPIRED})
+FINAL_FAILURES = frozenset({PERMANENT, EXHAUSTED, MISSING_CONTACT, UNAVAILABLE, OUT_OF_TIME,
+                            EXPIRED})
+
+# TimeLeftPolicy's answers
+RETRY_HERE = "retry_here"
+FALL_BACK = "fall_back"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +130,7 @@ class FallbackPolicy:
     __slots__ = ("fall_back_on",)
 
     def __init__(self, *, fall_back_on: Collection[str] = (PERMANENT, EXHAUSTED, MISSING_CONTACT,
-                                                              UNAVAILABLE)):
+                                                              UNAVAILABLE, OUT_OF_TIME)):
         chosen = frozenset(_kind(f) for f in fall_back_on)
         unknown = chosen - FINAL_FAILURES
         if unknown:
@@ -153,6 +160,41 @@ class FallbackPolicy:
             if channel not in skip:
                 return channel
         return None
+
+
+class TimeLeftPolicy:
+    """Retry on the current channel, or fall back now, by the time left before expiry.
+
+    A retry here is scheduled only if, once it is due, every later channel would still have
+    ``reserve_ms`` before ``expires_at``: ``time_left - retry_delay >= channels_left *
+    reserve_ms``. Otherwise the notification falls back now (``OUT_OF_TIME``), so a critical
+    alert does not spend its life on a dead provider. With no channel left it always retries
+    here (whether that is before expiry is ``ExponentialBackoffRetry``'s call); with channels
+    left and no retry possible before expiry (``retry_delay_ms`` None) it falls back.
+    """
+
+    __slots__ = ("reserve_ms",)
+
+    def __init__(self, *, reserve_ms: int):
+        if isinstance(reserve_ms, bool) or not isinstance(reserve_ms, int) or reserve_ms < 0:
+            raise ValueError(f"reserve_ms must be an integer >= 0, got {reserve_ms!r}")
+        self.reserve_ms = reserve_ms
+
+    def decide(self, channels_left: int, time_left_ms: int, retry_delay_ms: int | None) -> str:
+        """``RETRY_HERE`` or ``FALL_BACK``, for a notification with ``channels_left`` usable
+        channels after this one, ``time_left_ms`` to live, and a retry due in
+        ``retry_delay_ms`` (None: none before expiry)."""
+        if channels_left < 0:
+            raise ValueError(f"channels_left must be >= 0, got {channels_left}")
+        if retry_delay_ms is not None and retry_delay_ms < 0:
+            raise ValueError(f"retry_delay_ms must be >= 0, got {retry_delay_ms}")
+        if channels_left == 0:
+            return RETRY_HERE
+        if retry_delay_ms is None:
+            return FALL_BACK
+        if time_left_ms - retry_delay_ms >= channels_left * self.reserve_ms:
+            return RETRY_HERE
+        return FALL_BACK
 
 
 @dataclass(frozen=True, slots=True)

@@ -258,6 +258,13 @@ class Settings:
     # long; then one probe. Calls to an open provider are re-queued (not failed).
     breaker_failure_threshold: int = 5
     breaker_cool_down_ms: int = 5_000
+    # Fallback by time left (herald.retry.TimeLeftPolicy): a retry on the current channel is
+    # scheduled only if each later channel would still have this long before expires_at once
+    # it is due; else the next channel is tried now. As long as one call's timeout
+    # (provider_timeout_s), so a fallback always gets a whole call. 0: fall back only when no
+    # retry fits before expiry. (A channel whose circuit is open is left at once, whatever
+    # the time.)
+    fallback_reserve_ms: int = 10_000
 
     @property
     def data_dir(self) -> Path:

@@ -26,20 +26,31 @@ trip (``udfs.markers``) that also reads the batch's users, templates and cancell
 
 Then rounds run until every notification has a fate:
 
-1. requests are built by the provider adapters (no contact for a channel → fallback);
-2. a provider whose circuit is open gets no calls: they are re-queued for when it may be
-   probed (``retrying``, no attempt used); a half-open one gets one probe call first;
+1. requests are built by the provider adapters (no contact for a channel → fallback), each
+   with the notification's ``expires_at`` as its deadline;
+2. a provider whose circuit is open gets no calls: a notification with another usable channel
+   moves to it at once (``fallback``, the circuit named), one without waits, re-queued for
+   when the provider may be probed (``retrying``, no attempt used), or ``expired`` if that is
+   too late; a half-open one gets one probe call first;
 3. tokens are taken from the Redis buckets per (provider, tenant), critical traffic with the
    critical lane; calls without tokens wait in the operator (backpressure, never a drop);
 4. the calls go out concurrently (HTTP/1.1 and HTTP/2), one user's calls chained in order, and
-   a user's chain stops behind a throttled or failed call;
-5. each answer is classified: OK → ``delivered``; THROTTLED → AIMD lowers the provider's rate
+   a user's chain stops behind a throttled or failed call. No request is written at or after
+   its deadline, wherever it waited (behind the user's earlier call, for a connection): it is
+   ``expired`` with the stage in ``detail``; a written one whose answer has not come by then
+   is abandoned and ``expired`` too (written, not answered: the provider may have it);
+5. each answer is classified: OK → ``delivered`` (whenever the answer came: the provider
+   accepted a request written in time); THROTTLED → AIMD lowers the provider's rate
    and holds it for the Retry-After, and the call waits in the operator and goes again (or, for
    a Retry-After beyond ``throttle_inline_max_ms``, round the retry topic); RETRYABLE →
-   ``retrying`` with backoff and jitter onto the retry topic, or, attempts used up, the
-   channel has failed; PERMANENT → the channel has failed. A failed channel falls back to the
-   next one (``fallback``) in the same batch; after the last one, ``failed`` and one dead
-   letter with the reason and the attempt history. Expired at any point → ``expired``.
+   recorded by the breaker for the whole round first; then, if the round opened the circuit
+   (or a probe failed), as for an open circuit in 2 (no attempt used); else ``retrying`` with
+   backoff and jitter onto the retry topic if ``herald.retry.TimeLeftPolicy`` says the later
+   channels keep their time after it, else the next channel now (``out_of_time``); attempts
+   used up, the channel has failed; PERMANENT → the channel has failed. A failed channel falls
+   back to the next one (``fallback``) in the same batch; after the last one, ``failed`` and
+   one dead letter with the reason and the attempt history. Expired at any point →
+   ``expired``.
 
 The claims are settled after every round, in one round trip: ``sent`` for what a provider
 accepted, released for what left the batch otherwise (re-queued, expired, dead-lettered), so a
@@ -78,11 +89,12 @@ from herald.models import Content, Notification, Status, dead_letter
 from herald.providers.base import Kind, clock_ms
 from herald.providers.exceptions import MissingContactError, ProviderError
 from herald.providers.registry import Registry
-from herald.retry import Attempt, ExponentialBackoffRetry, FallbackPolicy
+from herald.retry import Attempt, ExponentialBackoffRetry, FallbackPolicy, TimeLeftPolicy
 from herald.quiet_hours import utc_iso
 from herald.settings import Settings
 from herald.templates import TemplateCache, TemplateError
-from udfs.http_client import ChainHalted, HttpClientError
+from udfs.http_client import (BEHIND_CHAIN, CONNECTING, IN_QUEUE, ChainHalted, DeadlineTimeout,
+                              HttpClientError, PastDeadline)
 from udfs.lookups import BatchLookups, cancelled_campaigns
 from udfs.markers import SentMarkers, marker
 from udfs.rates import ProviderRates
@@ -95,8 +107,20 @@ MAX_WAIT_S = 0.5  # longest single sleep while waiting for tokens (expiry is re-
 
 
 def stops_chain(result) -> bool:
-    """A user's later calls must not overtake this one: it will be sent again."""
-    return isinstance(result, HttpClientError) or result.status == 429 or result.status >= 500
+    """A user's later calls must not overtake this one: it will be sent again. One past its
+    deadline never is (it is ``expired``), so the user's later calls go on."""
+    if isinstance(result, HttpClientError):
+        return not isinstance(result, PastDeadline)
+    return result.status == 429 or result.status >= 500
+
+
+# Status details for a call whose deadline (expires_at) passed before it was written, by stage.
+NOT_WRITTEN = {
+    BEHIND_CHAIN: "expired while waiting behind an earlier call of the same user",
+    IN_QUEUE: "expired while waiting for a free connection to {}",
+    CONNECTING: "expired while a connection to {} was being opened",
+}
+NOT_WRITTEN_OTHER = "expired before the request to {} could be written"
 
 
 @dataclass
@@ -136,6 +160,7 @@ class BatchCalls:
                                              max_delay_ms=s.retry_max_delay_ms,
                                              multiplier=s.retry_multiplier)
         self.fallback = FallbackPolicy()
+        self.time_left = TimeLeftPolicy(reserve_ms=s.fallback_reserve_ms)
         self.breakers = CircuitBreakers(failure_threshold=s.breaker_failure_threshold,
                                         cool_down_ms=s.breaker_cool_down_ms)
         self.templates = TemplateCache(s.template_cache_entries)
@@ -328,7 +353,8 @@ class BatchCalls:
                 continue
             ready.append(task)
 
-        # Circuit breakers: open → re-queue; half-open → one probe goes first, alone.
+        # Circuit breakers: open → the next channel now, or wait for the provider;
+        # half-open → one probe goes first, alone.
         by_provider: dict[str, list[Task]] = {}
         for task in ready:
             by_provider.setdefault(task.adapter.name, []).append(task)
@@ -341,11 +367,8 @@ class BatchCalls:
                 allowed.append(group[0])
                 later.extend(group[1:])
             else:
-                wait = max(breaker.retry_in_ms(), 1)
                 for task in group:
-                    self._defer(task, now, now + wait,
-                                f"circuit open for {name} (provider faults); "
-                                f"probing again in {wait} ms", out)
+                    self._provider_down(task, name, "", now, out, later, called=False)
 
         # Tokens, per (provider, tenant), in order: the granted head of each group goes now.
         groups: dict[tuple[str, str], list[Task]] = {}
@@ -384,11 +407,23 @@ class BatchCalls:
         # (tenant, user) → fate of the call their later calls wait on
         behind: dict[tuple[str, str], tuple[str, int | None]] = {}
         throttled: dict[str, int] = {}  # provider → longest Retry-After among this round's 429s
+        failed: list[tuple[Task, object]] = []  # RETRYABLE, decided once the round is recorded
         for task, answer in zip(go, answers):
-            if isinstance(answer, ChainHalted):
-                halted.append(task)
-                continue
-            self._answered(task, answer, done, crashed, accepted, out, later, behind, throttled)
+            if isinstance(answer, HttpClientError):
+                if isinstance(answer, ChainHalted):
+                    halted.append(task)
+                    continue
+                if isinstance(answer, PastDeadline):
+                    self._past_deadline(task, answer, done, out)
+                    continue
+            outcome = self._answered(task, answer, done, crashed, accepted, out, later, behind,
+                                     throttled)
+            if outcome is not None:
+                failed.append((task, outcome))
+        # The round's faults are one signal: if they opened the circuit, each of its failed
+        # calls is decided knowing that, whatever its place in the round.
+        for task, outcome in failed:
+            self._retryable(task, outcome, done, out, later, behind)
         for name, retry_after_ms in throttled.items():
             # One decrease and one hold per provider and round: the 429s of calls that were in
             # flight together are one signal, not one each.
@@ -417,6 +452,7 @@ class BatchCalls:
             task.adapter = self.registry.for_channel(task.channel, contacts.platform)
             task.request = task.adapter.build_request(task.message or task.n, contacts,
                                                       self.settings, now_ms=now)
+            task.request.deadline = task.n.expires_at  # never written at or after it
             return True
         except MissingContactError as exc:
             failure, detail = policy.MISSING_CONTACT, str(exc)
@@ -432,7 +468,9 @@ class BatchCalls:
         return False
 
     def _answered(self, task: Task, answer, now: int, crashed: set[str], accepted: list[str],
-                  out: StageOutput, later: list[Task], behind: dict, throttled: dict) -> None:
+                  out: StageOutput, later: list[Task], behind: dict, throttled: dict):
+        """Classify ``answer`` and give ``task`` its fate; a RETRYABLE outcome is recorded by
+        the breaker and returned instead, for ``_retryable`` once the round is recorded."""
         adapter = task.adapter
         name = adapter.name
         if isinstance(answer, HttpClientError):
@@ -476,29 +514,109 @@ class BatchCalls:
             return
         if outcome.kind is Kind.RETRYABLE:
             breaker.record_failure()
-            retry_after_ms = (int(outcome.retry_after_s * 1000)
-                              if outcome.retry_after_s is not None else None)
-            decision = self.retry.next_retry(task.attempt, now, task.n.expires_at,
-                                             retry_after_ms=retry_after_ms)
-            if decision.retry:
-                task.attempt += 1
-                self._defer(task, now, decision.at_ms, f"{name}: {outcome.detail}", out,
-                            provider=name, attempt=task.attempt - 1)
-                behind[user] = ("requeue", decision.at_ms)
-            elif decision.action == policy.GIVE_UP_EXPIRED:
-                self._expired(task, now, f"{name}: {outcome.detail}; no retry before expires_at",
-                              out)
-                behind[user] = ("wait", None)
-            else:
-                self._channel_failed(task, policy.EXHAUSTED,
-                                     f"{task.attempt} attempts, last: {outcome.detail}", now,
-                                     out, later, name)
-                behind[user] = ("wait", None)
-            return
+            return outcome
         detail = outcome.detail + (" (recipient's token/number/address is invalid)"
                                    if outcome.token_invalid else "")
         self._channel_failed(task, policy.PERMANENT, detail, now, out, later, name)
         behind[user] = ("wait", None)
+        return None
+
+    def _retryable(self, task: Task, outcome, now: int, out: StageOutput, later: list[Task],
+                   behind: dict) -> None:
+        """A provider fault: wait for the provider if its circuit is open now, else retry
+        here or fall back now, by attempts and by the time left."""
+        name = task.adapter.name
+        user = task.chain
+        if self.breakers[name].state != CLOSED:  # this round opened it, or a probe failed
+            behind[user] = self._provider_down(task, name, f" after {outcome.detail}", now, out,
+                                               later)
+            return
+        n = task.n
+        retry_after_ms = (int(outcome.retry_after_s * 1000)
+                          if outcome.retry_after_s is not None else None)
+        decision = self.retry.next_retry(task.attempt, now, n.expires_at,
+                                         retry_after_ms=retry_after_ms)
+        if decision.action != policy.GIVE_UP_EXHAUSTED and now < n.expires_at:
+            left = self._channels_after(task)
+            if self.time_left.decide(left, n.expires_at - now,
+                                     decision.delay_ms) == policy.FALL_BACK:
+                when = (f"a retry in {decision.delay_ms} ms" if decision.retry
+                        else "no retry before expires_at")
+                self._channel_failed(
+                    task, policy.OUT_OF_TIME,
+                    f"{outcome.detail}; {when} would leave less than "
+                    f"{self.time_left.reserve_ms} ms for each of the {left} later channel(s)",
+                    now, out, later, name)
+                behind[user] = ("wait", None)
+                return
+        if decision.retry:
+            task.attempt += 1
+            self._defer(task, now, decision.at_ms, f"{name}: {outcome.detail}", out,
+                        provider=name, attempt=task.attempt - 1)
+            behind[user] = ("requeue", decision.at_ms)
+        elif decision.action == policy.GIVE_UP_EXPIRED:
+            self._expired(task, now, f"{name}: {outcome.detail}; no retry before expires_at",
+                          out)
+            behind[user] = ("wait", None)
+        else:
+            self._channel_failed(task, policy.EXHAUSTED,
+                                 f"{task.attempt} attempts, last: {outcome.detail}", now,
+                                 out, later, name)
+            behind[user] = ("wait", None)
+
+    def _provider_down(self, task: Task, name: str, why: str, now: int, out: StageOutput,
+                       later: list[Task], *, called: bool = True) -> tuple[str, int | None]:
+        """``name``'s circuit is open: the next usable channel now, or wait for the provider
+        (no attempt used: the outage is the provider's, not the message's). Returns the fate
+        the user's later calls of the round wait on. ``called``: the task's call was made
+        (and is in its history already)."""
+        if self._channels_after(task):
+            if not called:
+                task.remember(Attempt(task.channel, name, task.attempt, now, policy.UNAVAILABLE,
+                                      "circuit open").to_dict())
+            self._channel_failed(task, policy.UNAVAILABLE,
+                                 f"circuit open for {name} (provider faults){why}", now, out,
+                                 later, name)
+            return "wait", None
+        wait = max(self.breakers[name].retry_in_ms(), 1)
+        self._defer(task, now, now + wait, f"circuit open for {name} (provider faults){why}; "
+                    f"probing again in {wait} ms; no attempt used", out, provider=name)
+        return ("requeue", now + wait) if now + wait < task.n.expires_at else ("wait", None)
+
+    def _channels_after(self, task: Task) -> int:
+        """How many of the channels after the current one could be used: not opted out, and
+        with a contact where the contacts are known."""
+        channels = task.n.channels
+        rest = channels[list(channels).index(task.channel) + 1:]
+        if not rest:
+            return 0
+        opt_outs = task.user.opt_outs if task.user is not None else ()
+        contacts = task.contacts
+        return sum(1 for ch in rest if ch not in opt_outs and
+                   (contacts is None or preferences.has_contact(contacts, ch)))
+
+    def _past_deadline(self, task: Task, answer: PastDeadline, now: int,
+                       out: StageOutput) -> None:
+        """``expires_at`` came before the call's answer: ``expired``, never retried. The
+        breaker records nothing: no answer within less than a timeout says nothing about the
+        provider's health."""
+        name = task.adapter.name
+        if isinstance(answer, DeadlineTimeout):
+            # Written in time, no answer by expires_at: the provider may have it. Its claim is
+            # left as it is, "in flight" (not released: that would say it was never sent; not
+            # marked sent: the provider may not have it), as for a call in flight at a crash.
+            # Nothing expired is sent again, so the claim cannot hold a send back; it lapses
+            # with dedup_ttl_ms.
+            task.remember(Attempt(task.channel, name, task.attempt, now, policy.EXPIRED,
+                                  "written, no answer before expires_at").to_dict())
+            out.statuses.append(Status.of(
+                task.n, states.EXPIRED, now, channel=task.channel, provider=name,
+                attempt=task.attempt,
+                detail=f"written to {name}, no answer before expires_at (the provider may "
+                       f"have it)"))
+            return
+        detail = NOT_WRITTEN.get(getattr(answer, "stage", None), NOT_WRITTEN_OTHER)
+        self._expired(task, now, detail.format(name), out)
 
     def _channel_failed(self, task: Task, failure: str, detail: str, now: int,
                         out: StageOutput, later: list[Task], provider: str | None) -> None:

@@ -289,3 +289,132 @@ def test_the_redis_limiter_prefix_is_the_settings_namespace(make_stage):
     stage = make_stage()
     assert isinstance(stage.rates.limiter, RedisRateLimiter)
     assert stage.rates.limiter.provider_key("fcm").startswith(stage.settings.ratelimit_namespace)
+
+
+# ---------------------------------------------------------------- expiry at write time
+
+def test_a_slow_provider_gets_none_of_a_users_calls_at_or_after_their_expiry(mocks, make_stage):
+    """Issue 14's repro: SendGrid answers after 3 s, one user's six critical emails expire in
+    4 s. Each call waits for the previous answer (per-user order), so only the first ones can
+    be written in time; the rest are ``expired``, never written, never ``delivered``."""
+    sendgrid = mocks("sendgrid")
+    sendgrid.configure(latency_ms=3_000)
+    stage = make_stage(sendgrid_url=sendgrid.url)
+    t = now_ms()
+    batch = [note(i, user="slow", channels=["email"], created_at=t, expires_at=t + 4_000)
+             for i in range(6)]
+    out = stage.send_all(batch)
+    expires = {n.id: n.expires_at for n in batch}
+    received = sendgrid.log(what="all")
+    assert received and all(r["t_ms"] < expires[r["herald_id"]] for r in received), \
+        [(r["herald_id"], r["t_ms"] - expires[r["herald_id"]]) for r in received]
+    final = {}
+    for s in out.statuses:
+        assert s.id not in final, f"two statuses for {s.id}"
+        final[s.id] = s
+    assert set(final) == set(expires)
+    at_provider = {r["herald_id"] for r in received}
+    accepted = {r["herald_id"] for r in sendgrid.log()}
+    assert final[batch[0].id].state == "delivered"  # written at once, answered before expiry
+    for n in batch:
+        s = final[n.id]
+        if s.state == "delivered":
+            assert n.id in accepted  # every status is true
+        else:
+            assert s.state == "expired", s
+            if n.id in at_provider:  # written in time, no answer before expires_at
+                assert "no answer before expires_at" in s.detail and s.provider == "sendgrid"
+            else:
+                assert "waiting behind an earlier call of the same user" in s.detail, s.detail
+    assert sum(s.state == "expired" for s in final.values()) >= 3
+    stage.flush()
+    # Sent markers: accepted → sent; written but unanswered → left claimed (in flight: the
+    # provider may have it); never written → released.
+    for n in batch:
+        value = stage.redis.get(MARKER.format(marker(n)))
+        if final[n.id].state == "delivered":
+            assert value == b"1"
+        elif n.id in at_provider:
+            assert value == b"0"
+        else:
+            assert value is None
+
+
+# ---------------------------------------------------------------- fallback, circuit open
+
+def by_id(out) -> dict[str, list]:
+    seen: dict[str, list] = {}
+    for s in out.statuses:
+        seen.setdefault(s.id, []).append(s)
+    return seen
+
+
+def test_an_open_circuit_moves_a_notification_with_another_channel_on_at_once(mocks,
+                                                                              make_stage):
+    fcm = mocks("fcm", "--failure-rate", "1")
+    sendgrid = mocks("sendgrid")
+    stage = make_stage(fcm_url=fcm.url, sendgrid_url=sendgrid.url,
+                       breaker_failure_threshold=3, breaker_cool_down_ms=30_000)
+    trip = stage.send_all([note(i, channels=["push"], user=f"trip{i}") for i in range(3)])
+    assert states(trip) == {"retrying": 3} and stage.breakers.states() == {"fcm": "open"}
+    to_email = [note(10 + i, channels=["push", "email"], user=f"e{i}") for i in range(5)]
+    push_only = [note(20 + i, channels=["push"], user=f"p{i}") for i in range(2)]
+    out = stage.send_all(to_email + push_only)
+    seen = by_id(out)
+    for n in to_email:
+        assert [(s.state, s.channel) for s in seen[n.id]] == [("fallback", "push"),
+                                                              ("delivered", "email")]
+        assert "circuit open for fcm" in seen[n.id][0].detail
+    for n in push_only:  # nothing else to try: it waits for the provider, within its expiry
+        assert [s.state for s in seen[n.id]] == ["retrying"]
+        assert "circuit open for fcm" in seen[n.id][0].detail
+    assert fcm.stats()["received"] == 3  # only the calls that opened the circuit
+    assert sorted(r["herald_id"] for r in sendgrid.log()) == sorted(n.id for n in to_email)
+
+
+def test_the_failures_that_open_the_circuit_move_their_whole_round_on(mocks, make_stage):
+    """Calls that failed together are one signal: once the round's failures open the circuit,
+    every failed push→email call of the round goes to email now, and a push-only one waits
+    for the provider without using up an attempt."""
+    fcm = mocks("fcm", "--failure-rate", "1")
+    sendgrid = mocks("sendgrid")
+    stage = make_stage(fcm_url=fcm.url, sendgrid_url=sendgrid.url,
+                       breaker_failure_threshold=3, breaker_cool_down_ms=30_000)
+    to_email = [note(i, channels=["push", "email"], user=f"e{i}") for i in range(5)]
+    push_only = [note(10 + i, channels=["push"], user=f"p{i}") for i in range(2)]
+    out = stage.send_all(to_email + push_only)
+    seen = by_id(out)
+    for n in to_email:
+        assert [(s.state, s.channel) for s in seen[n.id]] == [("fallback", "push"),
+                                                              ("delivered", "email")]
+        assert "circuit open for fcm" in seen[n.id][0].detail
+    assert Counter(r["herald_id"] for r in fcm.log(what="all")) == {
+        n.id: 1 for n in to_email + push_only}
+    assert sorted(r["herald_id"] for r in sendgrid.log()) == sorted(n.id for n in to_email)
+    retried = {t.n.id: (t, at) for t, at in (decode_retry(orjson.loads(r))
+                                             for _, r in out.retries)}
+    assert set(retried) == {n.id for n in push_only}
+    for task, not_before in retried.values():
+        assert task.channel == "push" and task.attempt == 1  # the outage used no attempt
+        assert not_before >= now_ms() + 25_000  # when the circuit may be probed again
+
+
+def test_a_retry_that_would_leave_too_little_time_for_the_next_channel_falls_back_now(
+        mocks, make_stage):
+    fcm = mocks("fcm", "--failure-rate", "1")
+    sendgrid = mocks("sendgrid")
+    stage = make_stage(fcm_url=fcm.url, sendgrid_url=sendgrid.url,
+                       breaker_failure_threshold=1000, fallback_reserve_ms=10_000)
+    t = now_ms()
+    short = note(0, channels=["push", "email"], user="a", created_at=t, expires_at=t + 8_000)
+    roomy = note(1, channels=["push", "email"], user="b", created_at=t, expires_at=t + 60_000)
+    alone = note(2, channels=["push"], user="c", created_at=t, expires_at=t + 8_000)
+    out = stage.send_all([short, roomy, alone])
+    seen = by_id(out)
+    assert [(s.state, s.channel) for s in seen[short.id]] == [("fallback", "push"),
+                                                             ("delivered", "email")]
+    assert "out_of_time" in seen[short.id][0].detail
+    assert [s.state for s in seen[roomy.id]] == ["retrying"]  # time enough for both
+    assert [s.state for s in seen[alone.id]] == ["retrying"]  # nothing to keep time for
+    assert [r["herald_id"] for r in sendgrid.log()] == [short.id]
+    assert fcm.stats()["received"] == 3

@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 
 from herald import states
 from herald.providers.base import Kind
-from herald.retry import (EXHAUSTED, EXPIRED, GIVE_UP_EXHAUSTED, GIVE_UP_EXPIRED,
-                          MISSING_CONTACT, PERMANENT, RETRY, RETRYABLE, THROTTLED, UNAVAILABLE,
-                          Attempt, ExponentialBackoffRetry, FallbackPolicy, final_state)
+from herald.retry import (EXHAUSTED, EXPIRED, FALL_BACK, GIVE_UP_EXHAUSTED, GIVE_UP_EXPIRED,
+                          MISSING_CONTACT, OUT_OF_TIME, PERMANENT, RETRY, RETRY_HERE, RETRYABLE,
+                          THROTTLED, UNAVAILABLE, Attempt, ExponentialBackoffRetry,
+                          FallbackPolicy, TimeLeftPolicy, final_state)
 
 NOW = 1_764_000_000_000
 FAR = NOW + 10**9
@@ -146,7 +147,8 @@ class _FixedRandom(random.Random):
 CHANNELS = ("push", "sms", "email")
 
 
-@pytest.mark.parametrize("failure", [PERMANENT, EXHAUSTED, MISSING_CONTACT, UNAVAILABLE])
+@pytest.mark.parametrize("failure", [PERMANENT, EXHAUSTED, MISSING_CONTACT, UNAVAILABLE,
+                                     OUT_OF_TIME])
 def test_final_failure_moves_to_the_next_channel(failure):
     assert FallbackPolicy().next_channel(CHANNELS, "push", failure) == "sms"
     assert FallbackPolicy().next_channel(CHANNELS, "sms", failure) == "email"
@@ -197,6 +199,67 @@ def test_accepts_the_provider_layers_outcome_kinds():
     with pytest.raises(ValueError):
         FallbackPolicy().next_channel(CHANNELS, "push", Kind.THROTTLED)
     assert FallbackPolicy(fall_back_on=[Kind.PERMANENT]).fall_back_on == {PERMANENT}
+
+
+# ---------------------------------------------------------------- time left: retry or fall back
+
+def test_a_critical_alert_with_20_s_to_live_keeps_the_reserve_for_its_next_channel():
+    policy = TimeLeftPolicy(reserve_ms=10_000)
+    assert policy.decide(1, time_left_ms=20_000, retry_delay_ms=500) == RETRY_HERE
+    assert policy.decide(1, time_left_ms=20_000, retry_delay_ms=10_000) == RETRY_HERE
+    assert policy.decide(1, time_left_ms=20_000, retry_delay_ms=10_001) == FALL_BACK
+    assert policy.decide(1, time_left_ms=9_000, retry_delay_ms=0) == FALL_BACK
+
+
+def test_each_later_channel_needs_its_own_reserve():
+    policy = TimeLeftPolicy(reserve_ms=4_000)
+    assert policy.decide(1, time_left_ms=9_000, retry_delay_ms=1_000) == RETRY_HERE
+    assert policy.decide(2, time_left_ms=9_000, retry_delay_ms=1_000) == RETRY_HERE
+    assert policy.decide(2, time_left_ms=9_000, retry_delay_ms=1_001) == FALL_BACK
+    assert policy.decide(3, time_left_ms=9_000, retry_delay_ms=0) == FALL_BACK
+
+
+def test_with_no_channel_left_it_retries_here_and_expiry_is_the_retry_policys_call():
+    policy = TimeLeftPolicy(reserve_ms=10_000)
+    assert policy.decide(0, time_left_ms=1_000, retry_delay_ms=900) == RETRY_HERE
+    assert policy.decide(0, time_left_ms=1_000, retry_delay_ms=None) == RETRY_HERE
+
+
+def test_no_retry_before_expiry_means_fall_back_while_a_channel_is_left():
+    for reserve in (0, 10_000):
+        assert TimeLeftPolicy(reserve_ms=reserve).decide(1, 60_000, None) == FALL_BACK
+
+
+def test_a_zero_reserve_falls_back_only_when_the_retry_cannot_happen():
+    policy = TimeLeftPolicy(reserve_ms=0)
+    assert policy.decide(2, time_left_ms=100, retry_delay_ms=99) == RETRY_HERE
+    assert policy.decide(2, time_left_ms=100, retry_delay_ms=101) == FALL_BACK
+
+
+@given(channels=st.integers(0, 3), time_left=st.integers(-1_000, 100_000),
+       delay=st.none() | st.integers(0, 100_000), reserve=st.integers(0, 30_000))
+def test_a_retry_here_always_leaves_every_later_channel_its_reserve(channels, time_left, delay,
+                                                                    reserve):
+    decision = TimeLeftPolicy(reserve_ms=reserve).decide(channels, time_left, delay)
+    assert decision in (RETRY_HERE, FALL_BACK)
+    if channels and decision == RETRY_HERE:
+        assert delay is not None and time_left - delay >= channels * reserve
+    if channels == 0:
+        assert decision == RETRY_HERE
+
+
+@pytest.mark.parametrize("kwargs", [{"reserve_ms": -1}, {"reserve_ms": True},
+                                    {"reserve_ms": 1.5}, {"reserve_ms": None}])
+def test_time_left_policy_rejects_bad_arguments(kwargs):
+    with pytest.raises(ValueError):
+        TimeLeftPolicy(**kwargs)
+
+
+def test_time_left_policy_rejects_a_negative_channel_count_or_delay():
+    with pytest.raises(ValueError):
+        TimeLeftPolicy(reserve_ms=1).decide(-1, 1_000, 0)
+    with pytest.raises(ValueError):
+        TimeLeftPolicy(reserve_ms=1).decide(1, 1_000, -5)
 
 
 # ---------------------------------------------------------------- history and final state
