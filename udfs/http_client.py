@@ -528,6 +528,9 @@ class HttpClient:
         self._header_bytes: dict[tuple, bytes] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._sweep_at = NO_DEADLINE  # when the sweeper runs next (loop time)
+        # The loop's clock less the wall clock (s), for deadlines: read again per batch and
+        # sweep, not per request (two clock reads each were ~0.2 us of a ~40 us call).
+        self._loop_minus_wall = 0.0
         self._tick = max(0.005, min(0.1, timeout_s / 4))
 
     # -- public API
@@ -604,7 +607,7 @@ class HttpClient:
             return
         data = b"%s%sContent-Length: %d\r\n\r\n%s" % (head, hbytes, len(body), body)
         deadline = req.deadline
-        expires = NO_DEADLINE if deadline is None else loop_deadline(self.loop, deadline)
+        expires = NO_DEADLINE if deadline is None else deadline * 0.001 + self._loop_minus_wall
         pool.submit(_Exchange(data, callback, tag, no_body, pool, expires))
         if self._sweeper is None:
             self._sweep_at = self.loop.time() + self._tick
@@ -638,6 +641,7 @@ class HttpClient:
             self.loop = loop
         elif self.loop is not loop:
             raise RuntimeError("an HttpClient is used on one event loop only")
+        self._loop_minus_wall = loop.time() - time.time()
         return loop
 
     def _ssl_for(self, scheme: str) -> ssl_module.SSLContext | None:
@@ -699,6 +703,7 @@ class HttpClient:
         self._sweeper = None
         self._sweep_at = NO_DEADLINE
         now = self.loop.time()
+        self._loop_minus_wall = now - time.time()
         wake = now + self._tick
         if self.busy:
             for conn in [c for c in self.busy if c.deadline <= now]:
