@@ -156,13 +156,16 @@ def check_segment_name(value: Any, field: str = "segment") -> str:
 
 
 def check_named_body(obj: Mapping, name: Any, allowed: frozenset[str], what: str) -> str:
-    """A body stored under ``name`` (from the path): the naming rule, no unknown field, and a
-    ``name`` in the body, if any, equal to the path's. Returns the name."""
+    """A body stored under ``name`` (from the path): the naming rule, no unknown field, a
+    valid ``tenant_id`` if given, and a ``name`` in the body, if any, equal to the path's.
+    Returns the name."""
     name = check_segment_name(name, "name")
     unknown = sorted(set(obj) - allowed)
     if unknown:
         raise ValidationError(f"unknown field(s) {', '.join(map(repr, unknown))} in {what}",
                               unknown[0])
+    if obj.get("tenant_id") is not None:
+        check_tenant_id(obj["tenant_id"])
     if obj.get("name") is not None and obj["name"] != name:
         raise ValidationError(f"'name' in the body ({obj['name']!r}) differs from the path "
                               f"({name!r})", "name")
@@ -369,7 +372,9 @@ class Expander:
     ``batch_size`` rows and moves the cursor; the next tick is ``tick_ms`` later. An expired
     campaign gets one ``expired`` event and nothing else; a cancel stops the ticks. Progress
     goes out as campaign-level ``accepted`` events (id = campaign id) at most every
-    ``progress_interval_ms``.
+    ``progress_interval_ms``. Every campaign-level event carries ``expanded`` (recipients
+    handed on so far), ``total`` (the audience's size, once known) and ``expansion`` (the
+    phase: waiting, running, done, cancelled, expired, failed).
     """
 
     def __init__(self, *, batch_size: int = 10_000, tick_ms: int = 0,
@@ -536,4 +541,62 @@ class Expander:
         return {"id": state.campaign_id, "tenant_id": state.tenant_id,
                 "priority": states.PROMOTIONAL, "state": st, "attempt": 0, "at": at,
                 "detail": detail, "campaign_id": state.campaign_id,
-                "expanded": state.cursor, "total": state.total}
+                "expanded": state.cursor, "total": state.total, "expansion": state.phase}
+
+
+# ---------------------------------------------------------------- status (GET /v1/campaigns)
+
+# The states a campaign moves through, as the API shows them.
+C_ACCEPTED, C_EXPANDING, C_SENDING, C_COMPLETED = "accepted", "expanding", "sending", "completed"
+C_CANCELLED, C_EXPIRED, C_FAILED = CANCELLED, EXPIRED, FAILED
+# A recipient's final states: it counts under the latest of them, once.
+RECIPIENT_FINAL = (states.DELIVERED, states.FAILED, states.EXPIRED, states.CANCELLED,
+                   states.OPTED_OUT)
+
+
+def phase_of(event: Mapping) -> str | None:
+    """The expansion phase a campaign-level event reports: its ``expansion`` field, or for
+    events written before it existed, read from ``state`` and ``detail``."""
+    phase = event.get("expansion")
+    if isinstance(phase, str) and phase in (WAITING, RUNNING, DONE, CANCELLED, EXPIRED, FAILED):
+        return phase
+    st, detail = event.get("state"), event.get("detail") or ""
+    if st in (CANCELLED, EXPIRED, FAILED):
+        return st
+    if st != states.ACCEPTED:
+        return None
+    if detail.endswith("expansion complete"):
+        return DONE
+    return RUNNING if detail.startswith("expand") else WAITING
+
+
+def campaign_status(*, phase: str | None, expansion_done: bool, expanded: int, recipients: int,
+                    finals: Mapping[str, int], cancel_requested: bool = False,
+                    total: int = 0) -> tuple[str, dict]:
+    """(state, progress) of a campaign, from what the audit store counted.
+
+    ``expanded`` is what the expansion reported handing on; ``recipients`` the distinct
+    recipients with a status event (one can be filed before the expansion's progress event,
+    so the larger counts); ``finals`` per final state, each recipient under its latest final
+    state only. ``completed``: expanded to the end and every recipient has a final state.
+    """
+    expanded = max(expanded, recipients)
+    counts = {name: max(0, int(finals.get(name, 0))) for name in RECIPIENT_FINAL}
+    pending = max(0, expanded - sum(counts.values()))
+    progress = {"expanded": expanded, "total": max(total, expanded), **counts,
+                "pending": pending, "sent": counts[states.DELIVERED]}
+    all_final = expansion_done and pending == 0
+    if phase == FAILED:
+        state = C_FAILED
+    elif phase == CANCELLED or cancel_requested:
+        # a cancel after everything had its final state changed nothing
+        state = C_COMPLETED if all_final and not counts[states.CANCELLED] else C_CANCELLED
+    elif phase == EXPIRED:
+        state = C_EXPIRED
+    elif expansion_done:
+        state = C_COMPLETED if all_final else C_SENDING
+    elif phase == RUNNING or expanded:
+        state = C_EXPANDING
+    else:
+        state = C_ACCEPTED
+    return state, progress

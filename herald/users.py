@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 from herald import states
 from herald.errors import ValidationError
-from herald.models import MAX_ID_LENGTH, Contacts, _contacts, _string, check_id
+from herald.models import MAX_ID_LENGTH, Contacts, _contacts, _string, check_id, check_tenant_id
 
 PREFIX = "herald"
 LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8}){0,3}")
@@ -182,6 +182,8 @@ def user_from_dict(obj: Mapping, user_id: str) -> UserRecord:
     if unknown:
         raise ValidationError(f"unknown field(s) {', '.join(map(repr, unknown))} in a user record",
                               unknown[0])
+    if obj.get("tenant_id") is not None:
+        check_tenant_id(obj["tenant_id"])
     contacts = obj.get("contacts")
     if contacts is not None and not isinstance(contacts, Mapping):
         raise ValidationError(f"'contacts' must be an object, got {type(contacts).__name__}",

@@ -6,9 +6,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from herald.campaigns import (CANCEL_CAMPAIGN, CancelCampaign, campaign_from_dict,
-                              cancel_from_dict, check_campaign_fields, check_segment_name,
-                              check_user_ids, parse_campaign)
+from herald.campaigns import (CANCEL_CAMPAIGN, AudienceSource, CancelCampaign, Expander,
+                              campaign_from_dict, campaign_status, cancel_from_dict,
+                              check_campaign_fields, check_segment_name, check_user_ids,
+                              parse_campaign, phase_of)
 from herald.errors import ValidationError
 
 NOW = 1_764_000_000_000
@@ -206,3 +207,104 @@ def test_the_kafka_path_ignores_extra_campaign_fields_and_the_api_check_names_th
         check_campaign_fields(campaign(content={"body": "b", "html": "<b>"}))
     assert e.value.field == "content.html"
     check_campaign_fields(campaign())  # every contract field passes
+
+
+# ---------------------------------------------------------------- status
+
+NO_FINALS: dict = {}
+
+
+def status(**kw):
+    base = dict(phase=None, expansion_done=False, expanded=0, recipients=0, finals=NO_FINALS)
+    return campaign_status(**{**base, **kw})
+
+
+def test_a_campaign_moves_accepted_expanding_sending_completed():
+    assert status(phase="waiting")[0] == "accepted"
+    assert status(phase="running", expanded=0)[0] == "expanding"
+    assert status(phase="running", expanded=400, recipients=10,
+                  finals={"delivered": 10})[0] == "expanding"
+    assert status(phase="done", expansion_done=True, expanded=1000,
+                  finals={"delivered": 900, "failed": 50})[0] == "sending"
+    state, progress = status(phase="done", expansion_done=True, expanded=1000, recipients=1000,
+                             finals={"delivered": 900, "failed": 50, "expired": 20,
+                                     "cancelled": 0, "opted_out": 30})
+    assert state == "completed"
+    assert progress == {"expanded": 1000, "total": 1000, "delivered": 900, "failed": 50,
+                        "expired": 20, "cancelled": 0, "opted_out": 30, "pending": 0,
+                        "sent": 900}
+
+
+def test_expanded_is_the_expansions_count_not_the_recipients_with_a_status():
+    # the case: expansion 200,000/200,000 done, 23,560 recipients with an event
+    state, progress = status(phase="done", expansion_done=True, expanded=200_000,
+                             recipients=23_560, finals={"delivered": 23_000}, total=200_000)
+    assert (state, progress["expanded"], progress["pending"]) == ("sending", 200_000, 177_000)
+
+
+def test_a_recipients_event_filed_before_the_expansions_progress_still_counts():
+    _, progress = status(phase="running", expanded=100, recipients=130, finals={"delivered": 120})
+    assert progress["expanded"] == 130 and progress["pending"] == 10
+
+
+def test_an_empty_audience_is_completed_once_expanded():
+    assert status(phase="done", expansion_done=True)[0] == "completed"
+
+
+@pytest.mark.parametrize("kw, state", [
+    (dict(phase="failed"), "failed"),
+    (dict(phase="failed", cancel_requested=True), "failed"),
+    (dict(phase="expired", expanded=300, recipients=300,
+          finals={"delivered": 300}), "expired"),   # stopped before the end of the audience
+    (dict(phase="cancelled", expanded=300, finals={"delivered": 10}), "cancelled"),
+    (dict(phase="running", expanded=300, cancel_requested=True), "cancelled"),
+    (dict(phase="cancelled", expansion_done=True, expanded=10, recipients=10,
+          finals={"delivered": 6, "cancelled": 4}), "cancelled"),
+    # cancelled after every recipient already had its final state: nothing was cancelled
+    (dict(phase="cancelled", expansion_done=True, expanded=10, recipients=10,
+          finals={"delivered": 10}), "completed"),
+])
+def test_final_campaign_states(kw, state):
+    assert status(**kw)[0] == state
+
+
+def test_pending_never_goes_below_zero_and_bad_counts_do_not_either():
+    _, progress = status(expanded=5, finals={"delivered": 7, "failed": -1})
+    assert progress["pending"] == 0 and progress["failed"] == 0
+
+
+def test_every_expansion_event_says_its_phase_and_old_events_are_read_from_their_detail():
+    ex = Expander(batch_size=2, progress_interval_ms=0)
+    c = campaign_from_dict(campaign(audience={"user_ids": ["a", "b", "c"]}, send_at=None),
+                           now_ms=NOW)
+    state, step = ex.on_campaign(None, c, NOW)
+    phases = [e["expansion"] for e in step.events]
+    for t in range(1, 4):
+        state, step = ex.on_timer(state, state.next_tick_at or NOW + t, NOW + t,
+                                  lambda c: AudienceSource(None, 3, 1))
+        phases += [e["expansion"] for e in step.events]
+        if state.next_tick_at is None:
+            break
+    assert phases[0] == "waiting" and phases[-1] == "done" and "running" in phases
+    last = step.events[-1]
+    assert (last["expanded"], last["total"]) == (3, 3)
+    assert phase_of(last) == "done"
+    old = {k: v for k, v in last.items() if k != "expansion"}
+    assert phase_of(old) == "done"
+    assert phase_of({"state": "accepted", "detail": "queued for expansion"}) == "waiting"
+    assert phase_of({"state": "accepted", "detail": "expanded 10/20"}) == "running"
+    assert phase_of({"state": "cancelled", "detail": "x"}) == "cancelled"
+    assert phase_of({"state": "delivered"}) is None
+
+
+def test_the_api_document_lists_every_campaign_state_and_progress_field():
+    from herald_api.openapi import CAMPAIGN_STATES, PROGRESS_FIELDS
+    seen = set()
+    for phase in (None, "waiting", "running", "done", "cancelled", "expired", "failed"):
+        for done in (False, True):
+            for expanded, finals in ((0, {}), (1, {}), (1, {"cancelled": 1})):
+                state, progress = status(phase=phase, expansion_done=done, expanded=expanded,
+                                         recipients=expanded, finals=finals)
+                seen.add(state)
+                assert list(progress) == PROGRESS_FIELDS
+    assert seen == set(CAMPAIGN_STATES)

@@ -48,3 +48,10 @@ def test_the_cli_loader_refuses_rows_with_bad_contacts_and_ids(tmp_path):
     assert "row 2" in loaded.errors[0] and "contacts.phone" in loaded.errors[0]
     assert "row 3" in loaded.errors[1] and "contacts.email" in loaded.errors[1]
     assert "row 4" in loaded.errors[2] and "'/'" in loaded.errors[2]
+
+
+@pytest.mark.parametrize("tenant", [5, "a:b", ".."])
+def test_a_tenant_id_in_a_user_body_follows_the_tenant_rule(tenant):
+    with pytest.raises(ValidationError) as e:
+        user_from_dict({"tenant_id": tenant}, "u-1")
+    assert e.value.field == "tenant_id"
