@@ -7,6 +7,7 @@ produced through ``herald_api.producer``. Every non-success answer has the contr
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -14,28 +15,29 @@ import time
 from typing import Any, Awaitable, Callable, Mapping
 
 import orjson
+import pyarrow as pa
 from aiohttp import web
 
 from herald import states
-from herald.campaigns import (CancelCampaign, campaign_from_dict, check_campaign_id,
-                              check_segment_name)
+from herald.campaigns import (CancelCampaign, campaign_from_dict, check_campaign_fields,
+                              check_campaign_id, check_segment_name)
 from herald.templates import template_from_dict
 from herald.errors import ValidationError
-from herald.models import notification_from_dict
+from herald.models import (TENANT_RULE, check_notification_fields, check_tenant_id,
+                           notification_from_dict)
 from herald.settings import Settings
 from herald_api.errors import ApiError, Unavailable
 from herald_api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from herald_api.metrics import ApiMetrics
 from herald_api.openapi import build_openapi
 from herald_api.producer import Producer
-from herald_api.records import (check_notification_types, check_user_id, segment_from_dict,
-                                user_from_dict)
+from herald_api.records import (check_notification_types, check_user_id, read_segment_json,
+                                segment_from_dict, user_from_dict)
 from herald_api.store import (AuditStore, IdempotencyStore, SegmentStore, TemplateStore,
                               UserStore)
 
 log = logging.getLogger("herald_api")
 
-TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")  # visible ASCII, no spaces
 JSON_TYPES = frozenset({"application/json"})
 
@@ -68,9 +70,13 @@ def parse_api_keys(spec: str) -> dict[bytes, str]:
         if not item:
             continue
         key, sep, tenant = item.rpartition(":")
-        if not sep or not key or not TENANT_NAME.fullmatch(tenant):
+        try:
+            valid = bool(sep and key) and check_tenant_id(tenant) == tenant
+        except ValidationError:
+            valid = False
+        if not valid:
             raise ValueError("api_keys: each entry must be '<key>:<tenant>' with a tenant of "
-                             "A-Z a-z 0-9 . _ - (the key itself is not shown)")
+                             f"{TENANT_RULE} (the key itself is not shown)")
         table[hashlib.sha256(key.encode()).digest()] = tenant
     return table
 
@@ -104,8 +110,8 @@ def authenticate(request: web.Request) -> str:
     return tenant
 
 
-async def read_object(request: web.Request, limit: int) -> dict:
-    """The body as one JSON object: 415 for another type, 413 past ``limit``, 400 if malformed."""
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The raw body: 415 for another type than UTF-8 JSON, 413 past ``limit``, 400 if empty."""
     if request.content_type not in JSON_TYPES:
         got = request.headers.get("Content-Type") or "none"
         raise ApiError(415, "unsupported_media_type",
@@ -127,6 +133,11 @@ async def read_object(request: web.Request, limit: int) -> dict:
     raw = b"".join(chunks)
     if not raw.strip():
         raise ApiError(400, "malformed_json", "the body is empty; expected a JSON object", None)
+    return raw
+
+
+def decode_object(raw: bytes) -> dict:
+    """The body as one JSON object: 400 if malformed, 422 if not an object."""
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -135,6 +146,10 @@ async def read_object(request: web.Request, limit: int) -> dict:
         raise ApiError(422, "not_an_object", f"expected a JSON object, got {_json_type(obj)}",
                        None)
     return obj
+
+
+async def read_object(request: web.Request, limit: int) -> dict:
+    return decode_object(await read_body(request, limit))
 
 
 def _json_type(value: Any) -> str:
@@ -263,6 +278,7 @@ async def post_notification(request: web.Request) -> web.Response:
     check_tenant(obj, tenant)
     header_key = idempotency_key(request)
     validated(lambda: check_notification_types(obj))
+    validated(lambda: check_notification_fields(obj))
     n = validated(lambda: notification_from_dict(
         obj, default_ttl_ms=settings.critical_default_ttl_ms))
     if n.is_expired(now):
@@ -289,6 +305,7 @@ async def post_campaign(request: web.Request) -> web.Response:
     obj = await read_object(request, settings.api_max_body_bytes)
     check_tenant(obj, tenant)
     header_key = idempotency_key(request)
+    validated(lambda: check_campaign_fields(obj))
     c = validated(lambda: campaign_from_dict(obj, now_ms=now,
                                              max_id_length=settings.max_id_length))
 
@@ -310,6 +327,9 @@ async def delete_campaign(request: web.Request) -> web.Response:
     tenant = authenticate(request)
     campaign_id = path_id(request, "campaign_id", check_campaign_id)
     header_key = idempotency_key(request)
+    if not await app[AUDIT].campaign_exists(tenant, campaign_id):
+        raise ApiError(404, "not_found", f"no campaign {campaign_id!r} for this tenant",
+                       "campaign_id")
     cancel = CancelCampaign(campaign_id=campaign_id, tenant_id=tenant, at=now)
 
     async def enqueue() -> tuple[int, dict]:
@@ -367,14 +387,20 @@ async def get_user(request: web.Request) -> web.Response:
 
 
 async def put_segment(request: web.Request) -> web.Response:
+    """A segment may hold millions of ids: decoding and checking them runs in a worker thread,
+    in Arrow where it can (which releases the GIL), so the loop keeps answering meanwhile."""
     app = request.app
     tenant = authenticate(request)
     name = request.match_info["name"]
-    obj = await read_object(request, app[SETTINGS].api_max_segment_bytes)
+    raw = await read_body(request, app[SETTINGS].api_max_segment_bytes)
+    obj = await asyncio.to_thread(read_segment_json, raw)
+    if obj is None:  # not a body Arrow takes as it is: the strict reader says why
+        obj = await asyncio.to_thread(decode_object, raw)
     check_tenant(obj, tenant)
-    name, user_ids = validated(lambda: segment_from_dict(obj, name))
+    name, user_ids = await asyncio.to_thread(validated, lambda: segment_from_dict(obj, name))
     now = app[CLOCK]()
-    count = await app[SEGMENTS].put(tenant, name, user_ids, now)
+    count = await app[SEGMENTS].put(tenant, name, user_ids, now,
+                                    checked=isinstance(user_ids, pa.Array))
     return json_response({"name": name, "tenant_id": tenant, "count": count, "updated_at": now})
 
 

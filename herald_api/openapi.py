@@ -10,7 +10,10 @@ from typing import Any
 from herald.campaigns import SEGMENT_NAME
 from herald.settings import Settings
 
-ID = {"type": "string", "minLength": 1, "maxLength": 256}
+ID = {"type": "string", "minLength": 1, "maxLength": 256, "pattern": "^[^\\s/]+$",
+      "description": "printable characters without whitespace or '/' (no control, zero-width "
+                     "or bidi characters)"}
+TENANT = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
 EPOCH_MS = {"type": "integer", "minimum": 100_000_000_000, "maximum": 9_999_999_999_999,
             "description": "epoch milliseconds"}
 CHANNELS = {"type": "array", "minItems": 1, "uniqueItems": True,
@@ -20,6 +23,10 @@ TEMPLATE_TEXT = {"type": "string", "minLength": 1,
                  "description": "text with {{name}} fields; \\{{ writes a literal {{"}
 STATES = ["accepted", "delivered", "retrying", "fallback", "expired", "duplicate", "cancelled",
           "opted_out", "failed"]
+CAMPAIGN_STATES = ["accepted", "expanding", "sending", "completed", "cancelled", "expired",
+                   "failed"]
+PROGRESS_FIELDS = ["expanded", "total", "delivered", "failed", "expired", "cancelled",
+                   "opted_out", "pending", "sent"]
 
 
 def _ref(name: str) -> dict:
@@ -67,8 +74,12 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "properties": {"push_token": {"type": "string", "minLength": 1, "maxLength": 4096},
                        "platform": {"type": "string", "enum": ["ios", "android"]},
-                       "phone": {"type": "string", "minLength": 1, "maxLength": 32},
-                       "email": {"type": "string", "minLength": 1, "maxLength": 320}}},
+                       "phone": {"type": "string", "pattern": "^\\+[1-9][0-9]{1,14}$",
+                                 "description": "E.164"},
+                       "email": {"type": "string", "minLength": 3, "maxLength": 320,
+                                 "pattern": "^[^@\\s]+@[^@\\s.][^@\\s]*\\.[^@\\s]*[^@\\s.]$",
+                                 "description": "one '@', a local part, a domain with a dot"}},
+        "additionalProperties": False},
     "Content": {
         "type": "object",
         "description": "needs a 'body' or a 'template'",
@@ -76,12 +87,15 @@ SCHEMAS: dict[str, Any] = {
                        "body": {"type": "string", "minLength": 1, "maxLength": 65536},
                        "data": {"type": "object", "additionalProperties": {"type": "string"}},
                        "template": {"type": "string", "minLength": 1, "maxLength": 256},
-                       "vars": {"type": "object"}}},
+                       "vars": {"type": "object"}},
+        "additionalProperties": False},
     "Notification": {
         "type": "object",
         "required": ["id", "tenant_id", "user_id", "priority", "content", "created_at"],
+        "additionalProperties": False,
+        "description": "fields the contract does not list are refused (422 naming the field)",
         "properties": {
-            "id": ID, "tenant_id": ID, "user_id": ID,
+            "id": ID, "tenant_id": TENANT, "user_id": ID,
             "priority": {"type": "string", "enum": ["critical", "promotional"]},
             "channels": CHANNELS, "to": _ref("Contacts"), "content": _ref("Content"),
             "created_at": EPOCH_MS,
@@ -100,10 +114,11 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "required": ["campaign_id", "tenant_id", "audience", "channels", "content", "created_at",
                      "expires_at"],
+        "additionalProperties": False,
+        "description": "fields the contract does not list are refused (422 naming the field)",
         "properties": {
-            "campaign_id": {"type": "string", "minLength": 1, "maxLength": 256,
-                            "pattern": "^[^:]+$"},
-            "tenant_id": ID, "audience": _ref("Audience"), "channels": CHANNELS,
+            "campaign_id": {**ID, "pattern": "^[^\\s/:]+$"},
+            "tenant_id": TENANT, "audience": _ref("Audience"), "channels": CHANNELS,
             "content": _ref("Content"), "created_at": EPOCH_MS,
             "expires_at": {**EPOCH_MS, "description": "in the future; an expired campaign is 422"},
             "send_at": {**EPOCH_MS, "description": "earlier than expires_at"}}},
@@ -141,13 +156,18 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["campaign_id", "tenant_id", "state", "progress", "states"],
         "properties": {
             "campaign_id": {"type": "string"}, "tenant_id": {"type": "string"},
-            "state": {"type": "string",
-                      "description": "accepted | running | cancel_requested | a campaign-level "
-                                     "Status state such as expired"},
-            "progress": {"type": "object",
-                         "required": ["expanded", "sent", "expired", "failed", "cancelled"],
-                         "properties": {k: {"type": "integer", "minimum": 0} for k in
-                                        ("expanded", "sent", "expired", "failed", "cancelled")}},
+            "state": {"type": "string", "enum": CAMPAIGN_STATES,
+                      "description": "accepted -> expanding -> sending -> completed (every "
+                                     "expanded recipient has a final state), or cancelled, "
+                                     "expired (before the audience was expanded to its end), "
+                                     "failed (the expansion could not go on)"},
+            "progress": {
+                "type": "object", "required": PROGRESS_FIELDS,
+                "description": "expanded: recipients the expansion handed on; total: the "
+                               "audience's size once known; delivered .. opted_out: recipients "
+                               "by their final state, each counted once; pending: expanded "
+                               "without a final state; sent: delivered (an older name)",
+                "properties": {k: {"type": "integer", "minimum": 0} for k in PROGRESS_FIELDS}},
             "states": {"type": "object", "additionalProperties": {"type": "integer"},
                        "description": "distinct recipients that reached each state"},
             "accepted_at": {"type": "integer"}, "created_at": {"type": "integer"},
@@ -161,7 +181,7 @@ SCHEMAS: dict[str, Any] = {
                               "examples": ["Europe/Berlin"]}}},
     "User": {
         "type": "object", "additionalProperties": False,
-        "properties": {"tenant_id": ID, "user_id": ID, "contacts": _ref("Contacts"),
+        "properties": {"tenant_id": TENANT, "user_id": ID, "contacts": _ref("Contacts"),
                        "locale": {"type": "string", "examples": ["en", "pt-BR"]},
                        "opt_outs": CHANNELS | {"minItems": 0},
                        "quiet_hours": _ref("QuietHours")}},
@@ -175,12 +195,14 @@ SCHEMAS: dict[str, Any] = {
     "Template": {
         "type": "object", "required": ["default_locale", "locales"], "additionalProperties": False,
         "properties": {
-            "tenant_id": ID, "name": {"type": "string"},
+            "tenant_id": TENANT, "name": {"type": "string"},
             "default_locale": {"type": "string", "description": "one of the keys of 'locales'"},
             "locales": {"type": "object", "minProperties": 1, "maxProperties": 64,
                         "description": "locale ('en', 'pt-BR') → its variant",
                         "additionalProperties": {
-                            "type": "object", "required": ["body"], "additionalProperties": False,
+                            "type": "object", "minProperties": 1, "additionalProperties": False,
+                            "description": "each field falls back on its own: locale, its "
+                                           "language, default_locale (which needs a body)",
                             "properties": {"title": TEMPLATE_TEXT | {"maxLength": 1024},
                                            "body": TEMPLATE_TEXT | {"maxLength": 65536}}}}}},
     "TemplateStored": {
@@ -191,7 +213,7 @@ SCHEMAS: dict[str, Any] = {
                        "updated_at": {"type": "integer"}}},
     "Segment": {
         "type": "object", "required": ["user_ids"], "additionalProperties": False,
-        "properties": {"tenant_id": ID, "name": {"type": "string"},
+        "properties": {"tenant_id": TENANT, "name": {"type": "string"},
                        "user_ids": {"type": "array", "uniqueItems": True, "items": ID}}},
     "SegmentStored": {
         "type": "object", "required": ["name", "tenant_id", "count", "updated_at"],
@@ -201,8 +223,7 @@ SCHEMAS: dict[str, Any] = {
 }
 
 NOTIFICATION_ID = _path("id", ID, "the notification id")
-CAMPAIGN_ID = _path("campaign_id", {"type": "string", "minLength": 1, "maxLength": 256},
-                    "the campaign id")
+CAMPAIGN_ID = _path("campaign_id", {**ID, "pattern": "^[^\\s/:]+$"}, "the campaign id")
 USER_ID = _path("user_id", ID, "the user id")
 SEGMENT = _path("name", {"type": "string", "pattern": f"^{SEGMENT_NAME.pattern}$"},
                 "the segment name")
@@ -257,7 +278,7 @@ def build_openapi(settings: Settings) -> dict:
                            "parameters": [CAMPAIGN_ID, IDEMPOTENCY_HEADER],
                            "responses": {"202": _json(_ref("CancelAccepted"), "Cancel enqueued")
                                          | {"headers": REPLAYED},
-                                         **_errors(400, 401, 409, 422, 503)}}},
+                                         **_errors(400, 401, 404, 409, 422, 503)}}},
             "/v1/users/{user_id}": {
                 "put": {"operationId": "putUser", "summary": "Upsert (replace) a user record",
                         "parameters": [USER_ID], "requestBody": _body(_ref("User")),

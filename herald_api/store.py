@@ -14,7 +14,8 @@ Key layout (``{tenant}`` is a configured tenant name: no ``:`` in it):
   (campaign id), ``hdr:{route}`` (an ``Idempotency-Key`` header).
 - ``herald:audit:{tenant}:{id}`` (hash): the latest ``state``, its ``at`` and ``rank``; ``id``,
   ``tenant_id``, ``user_id``, ``priority``, ``campaign_id``; ``enqueued_at`` (set by the API);
-  ``counted:{state}`` and ``counted:*`` markers so campaign counts move once per (id, state).
+  ``counted:{state}`` and ``counted:*`` markers so campaign counts move once per (id, state);
+  ``final``: the final state a campaign's recipient is counted under, if any.
 - ``herald:audit:{tenant}:{id}:attempts`` (hash): one field per distinct Status event,
   ``{at}|{attempt}|{state}|{channel}|{provider}``, whose value is the event's JSON.
 - ``herald:template:{tenant}:{name}`` (string): a template's JSON (``herald.templates``).
@@ -23,8 +24,11 @@ Key layout (``{tenant}`` is a configured tenant name: no ``:`` in it):
 - ``herald:campaign:{tenant}:{campaign_id}`` (hash): what the API accepted: ``accepted_at``,
   ``created_at``, ``expires_at``, ``send_at``, ``audience``, ``cancel_requested_at``.
 - ``herald:campaign:{tenant}:{campaign_id}:counts`` (hash): per state, the distinct recipients
-  that reached it; ``recipients`` (distinct ids seen); ``campaign_state``/``campaign_state_at``
-  from campaign-level events (a Status event whose ``id`` is the campaign id).
+  that reached it; ``recipients`` (distinct ids seen); ``final:{state}``, the recipients whose
+  latest state is that final state (each counted once); from campaign-level events (a Status
+  event whose ``id`` is the campaign id): ``campaign_state``/``campaign_state_at``,
+  ``expansion`` (its phase), ``expansion_done``, ``expanded`` and ``total`` (the largest
+  reported). ``herald.campaigns.campaign_status`` turns these into the state and progress.
 
 Audit keys expire ``audit_retention_s`` after their last write; idempotency keys after
 ``api_idempotency_ttl_s``. Users and segments do not expire.
@@ -37,9 +41,11 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import orjson
+import pyarrow as pa
 
 from herald import states
-from herald.campaigns import Campaign, CancelCampaign, queue_cancelled
+from herald.campaigns import (RECIPIENT_FINAL, Campaign, CancelCampaign, campaign_status,
+                              phase_of, queue_cancelled)
 from herald.models import Notification
 from herald.segments import SegmentFiles
 from herald.templates import Template, template_json, template_key
@@ -54,8 +60,6 @@ SEGMENT_WRITE_BATCH = 10_000
 STATE_RANK = {states.ACCEPTED: 0, states.RETRYING: 1, states.FALLBACK: 1,
               states.DELIVERED: 2, states.EXPIRED: 2, states.CANCELLED: 2, states.OPTED_OUT: 2,
               states.FAILED: 2, states.DUPLICATE: -1}
-PROGRESS = {"expanded": "recipients", "sent": states.DELIVERED, "expired": states.EXPIRED,
-            "failed": states.FAILED, "cancelled": states.CANCELLED}
 
 
 # ---------------------------------------------------------------- keys
@@ -117,7 +121,10 @@ return 0
 # One Status event into the audit store; idempotent: a replayed event finds its field taken and
 # changes nothing but the expiry. KEYS: audit hash, attempts hash, campaign counts (or a dummy).
 # ARGV: field, event JSON, at, state, rank, ttl ms, id, tenant, user, priority, campaign id ('' if
-# none), '1' if the event is about the campaign itself.
+# none), '1' if the event is about the campaign itself, '1' if state is a recipient's final
+# state; for campaign-level events: expanded, total, expansion phase ('' when not given).
+# A recipient counts under ``final:{state}`` for its latest state while that state is final
+# (``final`` in its audit hash says which), so each recipient is counted once.
 AUDIT_WRITE_LUA = """
 local new = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
 if new == 1 then
@@ -138,6 +145,14 @@ if new == 1 then
     if ARGV[12] == '1' then
       if take then
         redis.call('HSET', KEYS[3], 'campaign_state', ARGV[4], 'campaign_state_at', ARGV[3])
+        if ARGV[16] ~= '' then redis.call('HSET', KEYS[3], 'expansion', ARGV[16]) end
+      end
+      if ARGV[16] == 'done' then redis.call('HSET', KEYS[3], 'expansion_done', '1') end
+      for i, name in ipairs({'expanded', 'total'}) do
+        local n = tonumber(ARGV[13 + i])
+        if n and n > (tonumber(redis.call('HGET', KEYS[3], name)) or 0) then
+          redis.call('HSET', KEYS[3], name, n)
+        end
       end
     else
       if redis.call('HSETNX', KEYS[1], 'counted:' .. ARGV[4], '1') == 1 then
@@ -145,6 +160,20 @@ if new == 1 then
       end
       if redis.call('HSETNX', KEYS[1], 'counted:*', '1') == 1 then
         redis.call('HINCRBY', KEYS[3], 'recipients', 1)
+      end
+      if take then
+        local was = redis.call('HGET', KEYS[1], 'final') or ''
+        local now = ''
+        if ARGV[13] == '1' then now = ARGV[4] end
+        if was ~= now then
+          if was ~= '' then redis.call('HINCRBY', KEYS[3], 'final:' .. was, -1) end
+          if now ~= '' then
+            redis.call('HINCRBY', KEYS[3], 'final:' .. now, 1)
+            redis.call('HSET', KEYS[1], 'final', now)
+          else
+            redis.call('HDEL', KEYS[1], 'final')
+          end
+        end
       end
     end
     redis.call('PEXPIRE', KEYS[3], ARGV[6])
@@ -162,11 +191,20 @@ def audit_write_args(event: dict, retention_ms: int) -> tuple[list[str], list[An
     campaign_id = event.get("campaign_id") or ""
     keys = [audit_key(tenant, nid), attempts_key(tenant, nid),
             campaign_counts_key(tenant, campaign_id) if campaign_id else audit_key(tenant, nid)]
+    about_campaign = bool(campaign_id) and nid == campaign_id
+    expansion = [_count(event.get("expanded")), _count(event.get("total")),
+                 phase_of(event) or ""] if about_campaign else ["", "", ""]
     args = [attempt_field(event), orjson.dumps(event), event["at"], event["state"],
             STATE_RANK.get(event["state"], 0), retention_ms, nid, tenant,
             event.get("user_id") or "", event.get("priority") or "", campaign_id,
-            "1" if campaign_id and nid == campaign_id else "0"]
+            "1" if about_campaign else "0",
+            "1" if event["state"] in RECIPIENT_FINAL else "0", *expansion]
     return keys, args
+
+
+def _count(value: Any) -> str:
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) and value >= 0 \
+        else ""
 
 
 def _text(value: Any) -> str:
@@ -230,16 +268,23 @@ class SegmentStore:
             files = SegmentFiles.from_settings(load_settings())
         self.files = files
 
-    async def put(self, tenant: str, name: str, user_ids: Sequence[str], now_ms: int) -> int:
-        """Replace the segment atomically: readers see the old list or the new one, never a mix."""
-        # the Parquet version first: ids it refuses (control characters) change nothing
-        await asyncio.to_thread(self.files.write, tenant, name, user_ids, now_ms)
+    async def put(self, tenant: str, name: str, user_ids: Sequence[str] | pa.Array,
+                  now_ms: int, *, checked: bool = False) -> int:
+        """Replace the segment atomically: readers see the old list or the new one, never a mix.
+        ``checked``: the ids passed ``herald.segments.check_ids`` already. An Arrow array is
+        turned into strings one write batch at a time, between awaits."""
+        # the Parquet version first: ids it refuses change nothing
+        await asyncio.to_thread(self.files.write, tenant, name, user_ids, now_ms,
+                                checked=checked)
         key, meta = segment_key(tenant, name), segment_meta_key(tenant, name)
         staging = f"{key}:staging:{uuid.uuid4().hex}"
         try:
             for start in range(0, len(user_ids), SEGMENT_WRITE_BATCH):
+                batch = user_ids[start:start + SEGMENT_WRITE_BATCH]
+                if isinstance(batch, pa.Array):  # via numpy: 7x faster than to_pylist
+                    batch = batch.to_numpy(zero_copy_only=False).tolist()
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.rpush(staging, *user_ids[start:start + SEGMENT_WRITE_BATCH])
+                    pipe.rpush(staging, *batch)
                     pipe.expire(staging, 3600)  # a crashed upload leaves nothing behind
                     await pipe.execute()
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -374,6 +419,15 @@ class AuditStore:
             pipe.expire(key, self.retention_s, nx=True)
             await pipe.execute()
 
+    async def campaign_exists(self, tenant: str, campaign_id: str) -> bool:
+        """The API accepted it, or the audit store has campaign-level events for it (a campaign
+        written straight to Kafka, once the expansion has seen it)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(campaign_key(tenant, campaign_id))
+            pipe.hexists(campaign_counts_key(tenant, campaign_id), "campaign_state")
+            accepted, seen = await pipe.execute()
+        return bool(accepted) or bool(seen)
+
     async def campaign(self, tenant: str, campaign_id: str) -> dict | None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hgetall(campaign_key(tenant, campaign_id))
@@ -382,26 +436,21 @@ class AuditStore:
         meta, counts = _hash(meta), _hash(counts)
         if not meta and not counts:
             return None
+        state, progress = campaign_status(
+            phase=counts.get("expansion") or None,
+            expansion_done=counts.get("expansion_done") == "1",
+            expanded=int(counts.get("expanded", 0)), recipients=int(counts.get("recipients", 0)),
+            finals={s: int(counts.get(f"final:{s}", 0)) for s in RECIPIENT_FINAL},
+            cancel_requested="cancel_requested_at" in meta, total=int(counts.get("total", 0)))
         by_state = {s: int(counts[s]) for s in sorted(states.STATES) if s in counts}
-        out: dict[str, Any] = {
-            "campaign_id": campaign_id, "tenant_id": tenant,
-            "state": self._campaign_state(meta, counts),
-            "progress": {name: int(counts.get(field, 0)) for name, field in PROGRESS.items()},
-            "states": by_state}
+        out: dict[str, Any] = {"campaign_id": campaign_id, "tenant_id": tenant, "state": state,
+                               "progress": progress, "states": by_state}
         for name in ("accepted_at", "created_at", "expires_at", "send_at", "cancel_requested_at"):
             if name in meta:
                 out[name] = int(meta[name])
         if "audience" in meta:
             out["audience"] = orjson.loads(meta["audience"])
         return out
-
-    @staticmethod
-    def _campaign_state(meta: dict, counts: dict) -> str:
-        if counts.get("campaign_state"):
-            return counts["campaign_state"]
-        if "cancel_requested_at" in meta:
-            return "cancel_requested"
-        return "running" if counts.get("recipients") else "accepted"
 
     def _campaign_ttl(self, expires_at: int, now_ms: int) -> int:
         """Kept for the campaign's life plus the audit retention."""

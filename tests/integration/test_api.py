@@ -353,6 +353,19 @@ def test_segments_have_their_own_larger_limit(api):
     ({"channels": [{}]}, "channels", "invalid"),
     ({"channels": [["push"]]}, "channels", "invalid"),
     ({"created_at": 2**64 - 1, "expires_at": None}, "created_at", "invalid"),  # + TTL: > 64 bits
+    ({"id": "nul\x00id"}, "id", "invalid"),
+    ({"id": "new\nline"}, "id", "invalid"),
+    ({"id": "rtl\u202eoverride"}, "id", "invalid"),
+    ({"user_id": "zero\u200bwidth"}, "user_id", "invalid"),
+    ({"id": "../../x"}, "id", "invalid"),
+    ({"campaign_id": "c x"}, "campaign_id", "invalid"),
+    ({"to": {"phone": "notaphone"}}, "to.phone", "invalid"),
+    ({"to": {"phone": "555-1234"}}, "to.phone", "invalid"),
+    ({"to": {"email": "no-at"}}, "to.email", "invalid"),
+    ({"to": {"email": "a@localhost"}}, "to.email", "invalid"),
+    ({"trace_id": "abc"}, "trace_id", "invalid"),
+    ({"to": {"push_token": "t", "platform": "ios", "pager": "1"}}, "to.pager", "invalid"),
+    ({"content": {"body": "b", "html": "<b>b</b>"}}, "content.html", "invalid"),
 ])
 def test_contract_violations_are_422_naming_the_field(api, ids, changes, field, code):
     body = notification(ids())
@@ -396,8 +409,9 @@ def test_a_campaign_is_on_its_topic_keyed_by_id_and_its_progress_readable(api, a
                                            "content", "created_at", "expires_at", "send_at")}
     progress = call(api, "GET", f"/v1/campaigns/{cid}").json()
     assert progress["state"] == "accepted" and progress["tenant_id"] == ACME
-    assert progress["progress"] == {"expanded": 0, "sent": 0, "expired": 0, "failed": 0,
-                                    "cancelled": 0}
+    assert progress["progress"] == {"expanded": 0, "total": 0, "delivered": 0, "failed": 0,
+                                    "expired": 0, "cancelled": 0, "opted_out": 0, "pending": 0,
+                                    "sent": 0}
     assert progress["expires_at"] == body["expires_at"] and progress["send_at"] == body["send_at"]
     again = call(api, "POST", "/v1/campaigns", body)
     assert again.headers["Idempotent-Replayed"] == "true" and again.json() == {"campaign_id": cid}
@@ -417,6 +431,10 @@ def test_an_already_expired_campaign_is_422_with_a_precise_message(api, api_sett
     ({"audience": {}}, "audience"), ({"audience": {"segment": "a/b"}}, "audience.segment"),
     ({"channels": None}, "channels"), ({"campaign_id": "a:b"}, "campaign_id"),
     ({"send_at": 9_999_999_999_999}, "send_at"),
+    ({"campaign_id": "../../x"}, "campaign_id"), ({"campaign_id": "c\x00"}, "campaign_id"),
+    ({"audience": {"user_ids": ["u-1", "u\u202e2"]}}, "audience.user_ids"),
+    ({"audience": {"user_ids": ["u 1"]}}, "audience.user_ids"),
+    ({"priority": "promotional"}, "priority"), ({"content": {"body": "b", "x": 1}}, "content.x"),
 ])
 def test_campaign_violations_are_422(api, ids, changes, field):
     body = campaign(ids("cmp"))
@@ -437,7 +455,7 @@ def test_cancel_puts_a_control_record_keyed_by_kind(api, api_settings, rclient, 
     assert record == {"kind": "cancel_campaign", "campaign_id": cid, "tenant_id": ACME,
                       "at": body["cancel_requested_at"]}
     progress = call(api, "GET", f"/v1/campaigns/{cid}").json()
-    assert progress["state"] == "cancel_requested"
+    assert progress["state"] == "cancelled"  # in force for delivery before the 202
     assert progress["cancel_requested_at"] == body["cancel_requested_at"]
     # in force for the delivery path before the 202: the record its call stage checks
     assert rclient.get(f"herald:cancelled:{ACME}:{cid}") == str(body["cancel_requested_at"])
@@ -448,6 +466,8 @@ def test_cancel_puts_a_control_record_keyed_by_kind(api, api_settings, rclient, 
 def test_a_cancel_carries_the_keys_tenant_and_an_idempotency_key_sends_it_once(api, api_settings,
                                                                               ids):
     cid, key = ids("cmp"), ids("key")
+    assert call(api, "POST", "/v1/campaigns", campaign(cid, tenant_id=GLOBEX),
+                key=GLOBEX_KEY).status_code == 202
     first = call(api, "DELETE", f"/v1/campaigns/{cid}", key=GLOBEX_KEY, content_type=None,
                  headers={"Idempotency-Key": key})
     again = call(api, "DELETE", f"/v1/campaigns/{cid}", key=GLOBEX_KEY, content_type=None,
@@ -457,6 +477,48 @@ def test_a_cancel_carries_the_keys_tenant_and_an_idempotency_key_sends_it_once(a
     assert record["tenant_id"] == GLOBEX
     error_of(call(api, "DELETE", "/v1/campaigns/a:b", content_type=None), 422, "invalid",
              "campaign_id")
+
+
+def test_cancelling_another_tenants_or_an_unknown_campaign_is_404_and_sends_nothing(
+        api, api_settings, rclient, ids):
+    cid, unknown = ids("cmp"), ids("cmp")
+    assert call(api, "POST", "/v1/campaigns", campaign(cid)).status_code == 202
+    error_of(call(api, "DELETE", f"/v1/campaigns/{cid}", key=GLOBEX_KEY, content_type=None),
+             404, "not_found", "campaign_id")
+    error_of(call(api, "DELETE", f"/v1/campaigns/{unknown}", content_type=None), 404,
+             "not_found", "campaign_id")
+    error_of(call(api, "DELETE", f"/v1/campaigns/{unknown}", content_type=None,
+                  headers={"Idempotency-Key": ids("key")}), 404, "not_found", "campaign_id")
+    assert on_topic(api_settings, api_settings.topic_control, "campaign_id", cid) == []
+    assert on_topic(api_settings, api_settings.topic_control, "campaign_id", unknown) == []
+    assert rclient.get(f"herald:cancelled:{GLOBEX}:{cid}") is None
+    assert rclient.get(f"herald:cancelled:{ACME}:{cid}") is None
+    assert not rclient.exists(f"herald:campaign:{ACME}:{unknown}")
+    assert call(api, "GET", f"/v1/campaigns/{cid}").json()["state"] == "accepted"
+    # the owner's cancel still goes through
+    assert call(api, "DELETE", f"/v1/campaigns/{cid}", content_type=None).status_code == 202
+
+
+def test_a_campaign_known_only_from_the_expansions_events_can_be_cancelled(api, api_settings,
+                                                                           ids):
+    """Written straight to Kafka by an upstream app: the audit store knows it from the
+    expansion's campaign-level event."""
+    cid = ids("cmp")
+    error_of(call(api, "DELETE", f"/v1/campaigns/{cid}", content_type=None), 404)
+    event = {"id": cid, "tenant_id": ACME, "priority": "promotional", "state": "accepted",
+             "attempt": 0, "at": now_ms(), "detail": "queued for expansion", "campaign_id": cid,
+             "expanded": 0, "total": 0, "expansion": "waiting"}
+    produce(api_settings.kafka_bootstrap, api_settings.topic_status, [(cid, orjson.dumps(event))])
+    consumer = AuditConsumer(api_settings)
+    try:
+        consumer.drain()
+    finally:
+        consumer.close()
+    assert call(api, "DELETE", f"/v1/campaigns/{cid}", content_type=None).status_code == 202
+    assert call(api, "DELETE", f"/v1/campaigns/{cid}", key=GLOBEX_KEY,
+                content_type=None).status_code == 404
+    [(_, record)] = on_topic(api_settings, api_settings.topic_control, "campaign_id", cid)
+    assert record["tenant_id"] == ACME
 
 
 # ---------------------------------------------------------------- status from the audit store
@@ -528,6 +590,8 @@ def test_a_user_is_stored_as_a_flat_hash_and_replaced_on_put(api, rclient, ids):
     ({"quiet_hours": {"start": "22:00", "end": "07:00"}}, "quiet_hours.tz"),
     ({"user_id": "someone-else"}, "user_id"),
     ({"nickname": "x"}, "nickname"),
+    ({"contacts": {"phone": "notaphone"}}, "contacts.phone"),
+    ({"contacts": {"email": "no-at"}}, "contacts.email"),
 ])
 def test_user_violations_are_422(api, ids, body, field):
     error_of(call(api, "PUT", f"/v1/users/{ids('u')}", body), 422, None, field)
@@ -599,9 +663,68 @@ def test_a_segment_is_a_redis_list_in_order_and_replaced_atomically(api, rclient
     ("/v1/segments/ok", {}, "user_ids"),
     ("/v1/segments/ok", {"name": "other", "user_ids": []}, "name"),
     ("/v1/segments/.hidden", {"user_ids": []}, "name"),
+    ("/v1/segments/ok", {"user_ids": ["a", "b\x00"]}, "user_ids"),
+    ("/v1/segments/ok", {"user_ids": ["a\nb"]}, "user_ids"),
+    ("/v1/segments/ok", {"user_ids": ["zero\u200bwidth"]}, "user_ids"),
+    ("/v1/segments/ok", {"user_ids": ["../../x"]}, "user_ids"),
+    ("/v1/segments/ok", {"user_ids": ["a", None]}, "user_ids"),
+    ("/v1/segments/ok", {"user_ids": ["a"], "extra": 1}, "extra"),
+    ("/v1/segments/ok", {"user_ids": ["a"], "tenant_id": 5}, "tenant_id"),
 ])
 def test_segment_violations_are_422(api, path, body, field):
     error_of(call(api, "PUT", path, body), 422, None, field)
+
+
+@pytest.mark.parametrize("path, field", [
+    ("/v1/notifications/nul%00id", "id"), ("/v1/notifications/new%0Aline", "id"),
+    ("/v1/users/sp%20ace", "user_id"), ("/v1/users/rtl%E2%80%AEx", "user_id"),
+    ("/v1/campaigns/zero%E2%80%8Bwidth", "campaign_id"),
+])
+def test_ids_in_paths_follow_the_id_rule(api, path, field):
+    error_of(call(api, "GET", path), 422, "invalid", field)
+
+
+def test_a_large_segment_is_decoded_and_checked_while_the_loop_answers(api_settings, ids,
+                                                                       monkeypatch):
+    """Each CPU-heavy step of a segment upload asks the server for /healthz while it runs: on
+    the event loop's thread that request could never be answered (the step would hold the
+    loop), so the step would fail after the client's timeout; off it, it is answered."""
+    import threading
+
+    import herald_api.app as app_module
+    from herald.segments import SegmentFiles
+
+    answered: dict[str, list] = {}
+    settings = api_settings.replace(api_max_segment_bytes=8_000_000)
+    with ApiServer(settings) as server:
+        loop_thread = server._thread
+
+        def asks_for_health(name: str, real):
+            def step(*args, **kwargs):
+                try:
+                    r = requests.get(server.url + "/healthz", timeout=10)
+                    answered.setdefault(name, []).append(r.status_code)
+                except requests.RequestException as exc:
+                    answered.setdefault(name, []).append(repr(exc))
+                answered[name].append(threading.current_thread() is not loop_thread)
+                return real(*args, **kwargs)
+            return step
+
+        for name in ("read_segment_json", "decode_object", "segment_from_dict"):
+            monkeypatch.setattr(app_module, name, asks_for_health(name, getattr(app_module, name)))
+        monkeypatch.setattr(SegmentFiles, "write",
+                            asks_for_health("SegmentFiles.write", SegmentFiles.write))
+        name = ids("seg")
+        members = [f"user-{i:07d}" for i in range(300_000)]
+        r = call(server, "PUT", f"/v1/segments/{name}", {"user_ids": members})
+        assert (r.status_code, r.json()["count"]) == (200, 300_000), r.text
+        # a body Arrow does not take (an id of another type) goes the strict way, off the loop too
+        bad = call(server, "PUT", f"/v1/segments/{name}", {"user_ids": members[:1000] + [7]})
+        error_of(bad, 422, None, "user_ids")
+    assert answered == {"read_segment_json": [200, True, 200, True],
+                        "SegmentFiles.write": [200, True],
+                        "segment_from_dict": [200, True, 200, True],
+                        "decode_object": [200, True]}
 
 
 # ---------------------------------------------------------------- backing stores down: 503

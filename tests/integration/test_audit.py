@@ -147,8 +147,9 @@ def test_replaying_the_whole_topic_changes_nothing(settings, tenant, consumers, 
     assert (replay.written, replay.replayed) == (0, len(events))
     assert snapshot(rclient, tenant) == before
     assert read_campaign(settings, tenant, cid) == progress
-    assert progress["progress"] == {"expanded": 3, "sent": 3, "expired": 0, "failed": 0,
-                                    "cancelled": 0}
+    assert progress["progress"] == {"expanded": 3, "total": 3, "delivered": 3, "failed": 0,
+                                    "expired": 0, "cancelled": 0, "opted_out": 0, "pending": 0,
+                                    "sent": 3}
 
 
 def test_a_crash_between_write_and_commit_replays_without_double_counting(
@@ -237,11 +238,106 @@ def test_campaign_progress_counts_each_recipient_once_per_state(settings, tenant
     publish(settings, events)
     consumers().drain()
     progress = read_campaign(settings, tenant, cid)
-    assert progress["progress"] == {"expanded": 5, "sent": 2, "expired": 1, "failed": 1,
-                                    "cancelled": 1}
+    assert progress["progress"] == {"expanded": 5, "total": 5, "delivered": 2, "failed": 1,
+                                    "expired": 1, "cancelled": 1, "opted_out": 0, "pending": 0,
+                                    "sent": 2}
     assert progress["states"]["retrying"] == 5  # two retries each, one recipient each
     assert progress["state"] == "cancelled"
     assert read_notification(settings, tenant, f"{cid}:u2")["campaign_id"] == cid
+
+
+def expansion_event(tenant: str, cid: str, at: int, expanded: int, total: int, phase: str,
+                    state: str = "accepted", detail: str = "") -> dict:
+    """A campaign-level event as the expansion sends it (``herald.campaigns.Expander``)."""
+    return {"id": cid, "tenant_id": tenant, "priority": "promotional", "state": state,
+            "attempt": 0, "at": at, "detail": detail or f"expanded {expanded}/{total}",
+            "campaign_id": cid, "expanded": expanded, "total": total, "expansion": phase}
+
+
+def recipient(tenant: str, cid: str, i: int, state: str, at: int, **extra) -> dict:
+    return event(tenant, f"{cid}:u{i}", state, at, campaign_id=cid, priority="promotional",
+                 user_id=f"u{i}", **extra)
+
+
+def test_expanded_comes_from_the_expansion_and_pending_from_final_states(settings, tenant,
+                                                                         consumers, unique):
+    """The issue's case: the expansion finished 200/200 while few recipients had an event."""
+    cid = f"cmp-{unique}"
+    events = [expansion_event(tenant, cid, T0, 0, 0, "waiting", detail="queued for expansion"),
+              expansion_event(tenant, cid, T0 + 1, 0, 200, "running"),
+              expansion_event(tenant, cid, T0 + 2, 100, 200, "running")]
+    events += [recipient(tenant, cid, i, "accepted", T0 + 3, attempt=0) for i in range(30)]
+    events += [recipient(tenant, cid, i, "delivered", T0 + 5) for i in range(20)]
+    publish(settings, events)
+    consumer = consumers()
+    consumer.drain()
+    midway = read_campaign(settings, tenant, cid)
+    assert midway["state"] == "expanding"
+    assert midway["progress"] == {"expanded": 100, "total": 200, "delivered": 20, "failed": 0,
+                                  "expired": 0, "cancelled": 0, "opted_out": 0, "pending": 80,
+                                  "sent": 20}
+
+    publish(settings, [expansion_event(tenant, cid, T0 + 6, 200, 200, "done",
+                                       detail="expanded 200/200: expansion complete")])
+    consumer.drain()
+    sending = read_campaign(settings, tenant, cid)
+    assert (sending["state"], sending["progress"]["expanded"],
+            sending["progress"]["pending"]) == ("sending", 200, 180)
+
+    finals = ["delivered"] * 150 + ["failed"] * 10 + ["expired"] * 15 + ["opted_out"] * 5
+    publish(settings, [recipient(tenant, cid, 20 + i, state, T0 + 10)
+                       for i, state in enumerate(finals)])
+    consumer.drain()
+    done = read_campaign(settings, tenant, cid)
+    assert done["state"] == "completed"
+    assert done["progress"] == {"expanded": 200, "total": 200, "delivered": 170, "failed": 10,
+                                "expired": 15, "cancelled": 0, "opted_out": 5, "pending": 0,
+                                "sent": 170}
+
+
+def test_each_recipient_counts_once_under_its_latest_final_state(settings, tenant, consumers,
+                                                                 unique):
+    cid = f"cmp-{unique}"
+    events = [expansion_event(tenant, cid, T0, 3, 3, "done",
+                              detail="expanded 3/3: expansion complete"),
+              # u0: opted out of push, then delivered by the next channel: delivered only
+              recipient(tenant, cid, 0, "opted_out", T0 + 1),
+              recipient(tenant, cid, 0, "delivered", T0 + 2, channel="sms"),
+              # u1: delivered, then a replayed submission is a duplicate: still delivered once
+              recipient(tenant, cid, 1, "delivered", T0 + 1),
+              recipient(tenant, cid, 1, "duplicate", T0 + 9, attempt=0),
+              recipient(tenant, cid, 1, "delivered", T0 + 1),  # the same event again
+              # u2: opted out, then retried on the next channel: not final yet
+              recipient(tenant, cid, 2, "opted_out", T0 + 1),
+              recipient(tenant, cid, 2, "retrying", T0 + 2, channel="sms")]
+    publish(settings, events)
+    consumers().drain()
+    status = read_campaign(settings, tenant, cid)
+    assert status["state"] == "sending"
+    assert {k: status["progress"][k] for k in ("delivered", "opted_out", "pending")} == {
+        "delivered": 2, "opted_out": 0, "pending": 1}
+    assert status["states"]["opted_out"] == 2  # reached, though not where they ended
+
+    publish(settings, [recipient(tenant, cid, 2, "failed", T0 + 3, channel="sms")])
+    replay = consumers(audit_consumer_group=f"audit-replay-{unique}")
+    replay.drain()  # the whole topic again: nothing counts twice
+    status = read_campaign(settings, tenant, cid)
+    assert status["state"] == "completed"
+    assert {k: status["progress"][k] for k in ("delivered", "failed", "opted_out", "pending")} == {
+        "delivered": 2, "failed": 1, "opted_out": 0, "pending": 0}
+
+
+def test_events_written_before_the_expansion_phase_field_are_read_from_their_detail(
+        settings, tenant, consumers, unique):
+    cid = f"cmp-{unique}"
+    old = [{k: v for k, v in e.items() if k != "expansion"} for e in (
+        expansion_event(tenant, cid, T0, 0, 2, "running", detail="expanding 2 recipients"),
+        expansion_event(tenant, cid, T0 + 1, 2, 2, "done",
+                        detail="expanded 2/2: expansion complete"))]
+    publish(settings, old + [recipient(tenant, cid, i, "delivered", T0 + 5) for i in range(2)])
+    consumers().drain()
+    status = read_campaign(settings, tenant, cid)
+    assert status["state"] == "completed" and status["progress"]["delivered"] == 2
 
 
 # ---------------------------------------------------------------- bad records
