@@ -607,8 +607,6 @@ class BatchCalls:
             # marked sent: the provider may not have it), as for a call in flight at a crash.
             # Nothing expired is sent again, so the claim cannot hold a send back; it lapses
             # with dedup_ttl_ms.
-            task.remember(Attempt(task.channel, name, task.attempt, now, policy.EXPIRED,
-                                  "written, no answer before expires_at").to_dict())
             out.statuses.append(Status.of(
                 task.n, states.EXPIRED, now, channel=task.channel, provider=name,
                 attempt=task.attempt,
