@@ -44,10 +44,10 @@ Then rounds run until every notification has a fate:
    and holds it for the Retry-After, and the call waits in the operator and goes again (or, for
    a Retry-After beyond ``throttle_inline_max_ms``, round the retry topic); RETRYABLE →
    recorded by the breaker for the whole round first; then, if the round opened the circuit
-   (or a probe failed), as for an open circuit in 2 (no attempt used); else ``retrying`` with
-   backoff and jitter onto the retry topic if ``herald.retry.TimeLeftPolicy`` says the later
-   channels keep their time after it, else the next channel now (``out_of_time``); attempts
-   used up, the channel has failed; PERMANENT → the channel has failed. A failed channel falls
+   (or a probe failed), the next usable channel now, or with none ``retrying`` with backoff
+   and no attempt used; else ``retrying`` with backoff and jitter onto the retry topic if
+   ``herald.retry.TimeLeftPolicy`` says the later channels keep their time after it, else the
+   next channel now (``out_of_time``); attempts used up, the channel has failed; PERMANENT → the channel has failed. A failed channel falls
    back to the next one (``fallback``) in the same batch; after the last one, ``failed`` and
    one dead letter with the reason and the attempt history. Expired at any point →
    ``expired``.
@@ -523,19 +523,24 @@ class BatchCalls:
 
     def _retryable(self, task: Task, outcome, now: int, out: StageOutput, later: list[Task],
                    behind: dict) -> None:
-        """A provider fault: wait for the provider if its circuit is open now, else retry
-        here or fall back now, by attempts and by the time left."""
+        """A provider fault: the next channel now if its circuit is open now, else retry here
+        or fall back now, by attempts and by the time left."""
         name = task.adapter.name
         user = task.chain
-        if self.breakers[name].state != CLOSED:  # this round opened it, or a probe failed
-            behind[user] = self._provider_down(task, name, f" after {outcome.detail}", now, out,
-                                               later)
+        # This round opened the circuit, or a probe failed: the provider is down.
+        down = self.breakers[name].state != CLOSED
+        if down and self._channels_after(task):
+            self._provider_down(task, name, f" after {outcome.detail}", now, out, later)
+            behind[user] = ("wait", None)
             return
         n = task.n
         retry_after_ms = (int(outcome.retry_after_s * 1000)
                           if outcome.retry_after_s is not None else None)
+        # Nothing else to try while the provider is down: retried with the usual backoff (so
+        # the retries reach the retry stage spread out and trip its own breaker, not all at
+        # the probe time), without using up an attempt, as throttles do not.
         decision = self.retry.next_retry(task.attempt, now, n.expires_at,
-                                         retry_after_ms=retry_after_ms)
+                                         retry_after_ms=retry_after_ms, throttled=down)
         if decision.action != policy.GIVE_UP_EXHAUSTED and now < n.expires_at:
             left = self._channels_after(task)
             if self.time_left.decide(left, n.expires_at - now,
@@ -550,9 +555,12 @@ class BatchCalls:
                 behind[user] = ("wait", None)
                 return
         if decision.retry:
-            task.attempt += 1
-            self._defer(task, now, decision.at_ms, f"{name}: {outcome.detail}", out,
-                        provider=name, attempt=task.attempt - 1)
+            tried = task.attempt
+            if not down:
+                task.attempt += 1
+            why = "; circuit open, no attempt used" if down else ""
+            self._defer(task, now, decision.at_ms, f"{name}: {outcome.detail}{why}", out,
+                        provider=name, attempt=tried)
             behind[user] = ("requeue", decision.at_ms)
         elif decision.action == policy.GIVE_UP_EXPIRED:
             self._expired(task, now, f"{name}: {outcome.detail}; no retry before expires_at",
@@ -565,11 +573,10 @@ class BatchCalls:
             behind[user] = ("wait", None)
 
     def _provider_down(self, task: Task, name: str, why: str, now: int, out: StageOutput,
-                       later: list[Task], *, called: bool = True) -> tuple[str, int | None]:
+                       later: list[Task], *, called: bool = True) -> None:
         """``name``'s circuit is open: the next usable channel now, or wait for the provider
-        (no attempt used: the outage is the provider's, not the message's). Returns the fate
-        the user's later calls of the round wait on. ``called``: the task's call was made
-        (and is in its history already)."""
+        (no attempt used: the outage is the provider's, not the message's). ``called``: the
+        task's call was made (and is in its history already)."""
         if self._channels_after(task):
             if not called:
                 task.remember(Attempt(task.channel, name, task.attempt, now, policy.UNAVAILABLE,
@@ -577,11 +584,10 @@ class BatchCalls:
             self._channel_failed(task, policy.UNAVAILABLE,
                                  f"circuit open for {name} (provider faults){why}", now, out,
                                  later, name)
-            return "wait", None
+            return
         wait = max(self.breakers[name].retry_in_ms(), 1)
         self._defer(task, now, now + wait, f"circuit open for {name} (provider faults){why}; "
                     f"probing again in {wait} ms; no attempt used", out, provider=name)
-        return ("requeue", now + wait) if now + wait < task.n.expires_at else ("wait", None)
 
     def _channels_after(self, task: Task) -> int:
         """How many of the channels after the current one could be used: not opted out, and

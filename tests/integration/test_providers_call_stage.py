@@ -372,10 +372,11 @@ def test_an_open_circuit_moves_a_notification_with_another_channel_on_at_once(mo
     assert sorted(r["herald_id"] for r in sendgrid.log()) == sorted(n.id for n in to_email)
 
 
-def test_the_failures_that_open_the_circuit_move_their_whole_round_on(mocks, make_stage):
+def test_the_failures_that_open_the_circuit_move_their_whole_round_on(mocks, make_stage,
+                                                                       base_settings):
     """Calls that failed together are one signal: once the round's failures open the circuit,
-    every failed push→email call of the round goes to email now, and a push-only one waits
-    for the provider without using up an attempt."""
+    every failed push→email call of the round goes to email now, and a push-only one is
+    retried with the usual backoff without using up an attempt."""
     fcm = mocks("fcm", "--failure-rate", "1")
     sendgrid = mocks("sendgrid")
     stage = make_stage(fcm_url=fcm.url, sendgrid_url=sendgrid.url,
@@ -396,7 +397,10 @@ def test_the_failures_that_open_the_circuit_move_their_whole_round_on(mocks, mak
     assert set(retried) == {n.id for n in push_only}
     for task, not_before in retried.values():
         assert task.channel == "push" and task.attempt == 1  # the outage used no attempt
-        assert not_before >= now_ms() + 25_000  # when the circuit may be probed again
+        assert not_before <= now_ms() + base_settings.retry_initial_delay_ms
+    for n in push_only:
+        assert [s.state for s in seen[n.id]] == ["retrying"]
+        assert "circuit open, no attempt used" in seen[n.id][0].detail
 
 
 def test_a_retry_that_would_leave_too_little_time_for_the_next_channel_falls_back_now(
