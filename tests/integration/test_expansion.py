@@ -337,7 +337,9 @@ def test_the_audit_store_shows_each_campaigns_expansion(scenario_settings, job, 
         finally:
             await client.aclose()
     summary, history = asyncio.run(views(done["campaign_id"]))
-    assert summary["state"] == "accepted"
+    # expanded to the end, no recipient delivered yet (no delivery job here): sending
+    assert summary["state"] == "sending"
+    assert (summary["progress"]["expanded"], summary["progress"]["pending"]) == (3_000, 3_000)
     progress = [(a["detail"], a["expanded"], a["total"]) for a in history["attempts"]]
     assert progress[0] == ("queued for expansion", 0, 0)
     assert progress[-1] == ("expanded 3000/3000: expansion complete", 3_000, 3_000)
