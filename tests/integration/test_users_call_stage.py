@@ -15,6 +15,7 @@ from herald.templates import template_from_dict, template_json, template_key
 from tests.helpers_mocks import MockProcess
 from tests.integration.records import now_ms, put_user
 from tests.integration.records import promo as promo_record
+from udfs.markers import marker
 from udfs.requeue import decode_retry
 
 
@@ -87,8 +88,9 @@ def test_contacts_come_from_the_user_store_in_one_round_trip(promo_stage, rclien
     assert len(evals) == 2 and len(claim) == 2
     users_read = [a for e in evals for a in e[3:] if str(a).startswith(user_prefix)]
     assert sorted(users_read) == sorted(f"{user_prefix}u{u}" for u in range(20))
-    [(_, _, _, _, *claimed)] = [e for e in evals if not str(e[3]).startswith(user_prefix)]
-    assert claimed == [n.id for n in batch]
+    # EVALSHA sha 0 ttl n marker...: one tenant-scoped marker per notification
+    [(_, _, _, _, count, *claimed)] = [e for e in evals if not str(e[3]).startswith(user_prefix)]
+    assert count == len(batch) and claimed == [marker(n) for n in batch]
     assert sum(k.startswith(user_prefix) for t in trips for _, k in t) == 0
     tokens = {r["herald_id"]: r["to"] for r in at_mock(fcm, [n.id for n in batch])}
     assert tokens == {n.id: f"tok-{tenant}-{n.user_id[1:]}" for n in batch}
