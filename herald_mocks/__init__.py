@@ -27,7 +27,9 @@ A record: ``{"seq", "t_ms" (receive time, epoch ms), "provider", "result": "acce
 not_found, bad_method, unauthorized, bad_request, http1 (APNs), quota, random_failure,
 invalid_recipient. Config: ``{"quota_rps": int|null, "latency_ms", "latency_jitter_ms",
 "failure_rate", "seed", "invalid": [...], "outage": null | {"mode": "503"|"refuse",
-"start_ms", "end_ms"}}``; POST also takes ``invalid_add``/``invalid_remove`` and an outage as
+"start_ms", "end_ms"}, "max_client_connections": int|null}`` (connections served at once per
+client address; one more is reset, its request unread; ``connections_reset`` in the stats);
+POST also takes ``invalid_add``/``invalid_remove`` and an outage as
 ``{"mode", "start_in_s", "duration_s"}``.
 
 This package may import ``herald``; the ``herald`` core must never import it.

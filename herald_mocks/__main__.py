@@ -59,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="let the APNs mock answer /3/device/ over HTTP/1.1 too")
     ap.add_argument("--outage", metavar="START_S:DURATION_S[:503|refuse]",
                     help="an outage starting START_S seconds after start-up")
+    ap.add_argument("--max-client-connections", type=int, metavar="N",
+                    help="serve at most N connections per client address; reset the others")
     args = ap.parse_args(argv)
     if args.all and args.log and "{provider}" not in args.log:
         ap.error("--log with --all needs '{provider}' in the file name")
@@ -74,7 +76,8 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
             invalid += [line.strip() for line in fh if line.strip()]
     changes: dict = {"quota_rps": args.quota, "latency_ms": args.latency_ms,
                      "latency_jitter_ms": args.latency_jitter_ms,
-                     "failure_rate": args.failure_rate, "seed": args.seed, "invalid": invalid}
+                     "failure_rate": args.failure_rate, "seed": args.seed, "invalid": invalid,
+                     "max_client_connections": args.max_client_connections}
     if args.outage:
         parts = args.outage.split(":")
         try:

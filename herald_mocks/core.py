@@ -103,7 +103,7 @@ class MockConfig:
     """The run-time switches; ``update`` is both the CLI's and ``POST /_mock/config``'s door."""
 
     KEYS = ("quota_rps", "latency_ms", "latency_jitter_ms", "failure_rate", "seed", "invalid",
-            "invalid_add", "invalid_remove", "outage")
+            "invalid_add", "invalid_remove", "outage", "max_client_connections")
 
     def __init__(self) -> None:
         self.quota_rps: int | None = None
@@ -114,11 +114,15 @@ class MockConfig:
         self.invalid: set[str] = set()
         # (mode, start_ms, end_ms) or None
         self.outage: tuple[str, int, int] | None = None
+        # Connections served at once per client address (None: any number); one more is reset
+        # (MockState.admit_connection), as a gateway capping a client's connections does.
+        self.max_client_connections: int | None = None
 
     def to_dict(self) -> dict:
         out = {"quota_rps": self.quota_rps, "latency_ms": self.latency_ms,
                "latency_jitter_ms": self.latency_jitter_ms, "failure_rate": self.failure_rate,
-               "seed": self.seed, "invalid": sorted(self.invalid), "outage": None}
+               "seed": self.seed, "invalid": sorted(self.invalid), "outage": None,
+               "max_client_connections": self.max_client_connections}
         if self.outage:
             mode, start, end = self.outage
             out["outage"] = {"mode": mode, "start_ms": start, "end_ms": end}
@@ -145,6 +149,11 @@ class MockConfig:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                     raise ConfigError(f"{key} must be a non-negative number")
                 new[key] = float(v)
+        if "max_client_connections" in changes:
+            v = changes["max_client_connections"]
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ConfigError("max_client_connections must be a non-negative integer or null")
+            new["max_client_connections"] = v
         if "failure_rate" in changes:
             v = changes["failure_rate"]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
@@ -221,6 +230,7 @@ class MockState:
         self._flush_handle: asyncio.TimerHandle | None = None
         # called with the config after every change (the server schedules refuse-mode outages)
         self.on_config_change: list[Callable[[MockConfig], None]] = []
+        self.client_connections: dict[str, int] = {}  # connections served, per client address
         self._clear()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -241,6 +251,27 @@ class MockState:
         self.accepted_per_second: dict[int, int] = {}
         self.window: deque[int] = deque()
         self.reset_ms = now_epoch_ms()
+        self.connections_reset = 0
+
+    # ------------------------------------------------------------------ connections per client
+
+    def admit_connection(self, client: str) -> bool:
+        """Count a new connection of ``client`` (its address) as served, or refuse it: False
+        when the client already has ``max_client_connections``; the caller resets it unread."""
+        held = self.client_connections.get(client, 0)
+        cap = self.config.max_client_connections
+        if cap is not None and held >= cap:
+            self.connections_reset += 1
+            return False
+        self.client_connections[client] = held + 1
+        return True
+
+    def release_connection(self, client: str) -> None:
+        held = self.client_connections.get(client, 0) - 1
+        if held > 0:
+            self.client_connections[client] = held
+        else:
+            self.client_connections.pop(client, None)
 
     def close(self) -> None:
         self.flush()
@@ -415,6 +446,8 @@ class MockState:
                 "accepted_unique_ids": len(self.accepted_per_id),
                 "accepted_duplicate_ids": duplicates,
                 "max_accepted_per_second": max(self.accepted_per_second.values(), default=0),
+                "connections_reset": self.connections_reset,
+                "client_connections": sum(self.client_connections.values()),
                 "since_ms": self.reset_ms, "started_ms": self.started_ms,
                 "log_file": self.log_path, "config": self.config.to_dict()}
 

@@ -31,6 +31,7 @@ class H2Protocol(asyncio.Protocol):
         self.pending: dict[int, bytes] = {}  # response bodies waiting for flow-control window
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
+        self.client: str | None = None  # counted towards max_client_connections (server.py)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -46,6 +47,9 @@ class H2Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
         self.transport = None
+        if self.client is not None:
+            self.state.release_connection(self.client)
+            self.client = None
 
     def close(self) -> None:
         if self.transport is not None:

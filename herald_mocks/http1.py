@@ -8,6 +8,8 @@ enough for well-behaved clients; anything odd gets a 400 and a closed connection
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 from http import HTTPStatus
 
 from herald_mocks.core import MockState, Reply, Request
@@ -30,6 +32,23 @@ def serialize(reply: Reply, keep_alive: bool) -> bytes:
     parts.append(b"\r\n")
     parts.append(reply.body)
     return b"".join(parts)
+
+
+def client_of(transport: asyncio.BaseTransport) -> str:
+    """The peer's address, the unit ``max_client_connections`` counts by."""
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Close with a TCP RST (SO_LINGER 0), the way a gateway turns a connection away."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
 
 
 def _dechunk(buf: bytearray, start: int) -> tuple[bytes, int] | None:
@@ -55,7 +74,11 @@ def _dechunk(buf: bytearray, start: int) -> tuple[bytes, int] | None:
 
 class Http1Protocol(asyncio.Protocol):
     """One connection. Requests are answered strictly in order: while one waits out its added
-    latency, later pipelined requests stay in the buffer."""
+    latency, later pipelined requests stay in the buffer.
+
+    The connection counts towards its client's ``max_client_connections`` from its first
+    request that is not an admin call (so the admin API stays reachable however many
+    connections the client holds); over the cap it is reset there, the request unread."""
 
     def __init__(self, state: MockState, connections: set, initial: bytes = b""):
         self.state = state
@@ -65,6 +88,7 @@ class Http1Protocol(asyncio.Protocol):
         self.busy = False
         self.continued = False
         self.loop = asyncio.get_running_loop()
+        self.client: str | None = None  # set once counted towards max_client_connections
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -75,6 +99,9 @@ class Http1Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.connections.discard(self)
         self.transport = None
+        if self.client is not None:
+            self.state.release_connection(self.client)
+            self.client = None
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -132,6 +159,13 @@ class Http1Protocol(asyncio.Protocol):
             del buf[:total]
             self.continued = False
             path, _, query = target.partition("?")
+            if self.client is None and not path.startswith("/_mock/"):
+                client = client_of(self.transport)
+                if not self.state.admit_connection(client):
+                    self.buf.clear()
+                    reset(self.transport)
+                    return
+                self.client = client
             conn = headers.get("connection", "").lower()
             keep_alive = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
             reply, delay = self.state.handle(Request(method, path, query, headers, body))

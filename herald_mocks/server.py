@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 
 from herald_mocks.core import MockConfig, MockState, now_epoch_ms
-from herald_mocks.http1 import Http1Protocol
+from herald_mocks.http1 import Http1Protocol, client_of, reset
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -35,7 +35,13 @@ class SniffProtocol(asyncio.Protocol):
             if n < len(H2_PREFACE):
                 return
             from herald_mocks.h2server import H2Protocol
+            client = client_of(self.transport)
+            if not self.state.admit_connection(client):  # h2: counted from its preface
+                self.connections.discard(self)
+                reset(self.transport)
+                return
             inner: asyncio.Protocol = H2Protocol(self.state, self.connections, self.buf)
+            inner.client = client
         else:
             inner = Http1Protocol(self.state, self.connections, self.buf)
         self.connections.discard(self)

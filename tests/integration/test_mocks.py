@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import http.client
 import json
 import time
 from collections import Counter
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -319,5 +321,93 @@ def test_apns_checks_the_provider_token_age():
         assert stale.classify(status, headers, body).kind is RETRYABLE
         status, _, _ = send(stale.build_request(n, n.to, apns.settings))  # re-signed now
         assert status == 200
+    finally:
+        mock.stop()
+
+
+# ------------------------------------------------------------------ connections per client
+
+def no_client_connections(mock: MockProcess) -> None:
+    """Until the mock has seen every earlier connection of this process close (it counts them
+    against the cap, and learns of a close a moment after the client's)."""
+    deadline = time.monotonic() + 5
+    while mock.stats()["client_connections"]:
+        assert time.monotonic() < deadline, mock.stats()
+        time.sleep(0.01)
+
+
+def post_on(conn: http.client.HTTPConnection, h: Harness, n):
+    """Send n's request on this one connection (its own, closed by the caller): the Outcome."""
+    req = h.request(n)
+    target = urlsplit(req.url)
+    try:
+        conn.request(req.method, target.path, req.body, dict(req.headers))
+        answer = conn.getresponse()
+        return h.adapter.classify(answer.status, dict(answer.getheaders()), answer.read())
+    except OSError as exc:
+        conn.close()
+        return h.adapter.transport_error(exc)
+
+
+def test_connections_over_the_clients_cap_are_reset_unread_until_switched_off(fcm):
+    """A gateway capping a client's connections: with two held open, a third is reset and its
+    request never reaches the log; the held ones keep working, the admin API stays reachable,
+    and switching the cap off at run time lets a new connection through."""
+    no_client_connections(fcm.mock)
+    fcm.mock.configure(max_client_connections=2)
+    held = [http.client.HTTPConnection("127.0.0.1", fcm.mock.port, timeout=10)
+            for _ in range(2)]
+    extra = http.client.HTTPConnection("127.0.0.1", fcm.mock.port, timeout=10)
+    try:
+        assert [post_on(c, fcm, note(200 + i)).kind for i, c in enumerate(held)] == [OK, OK]
+        out = post_on(extra, fcm, note(210))
+        assert out.kind is RETRYABLE and out.status is None and "reset" in out.detail.lower()
+        assert [post_on(c, fcm, note(220 + i)).kind for i, c in enumerate(held)] == [OK, OK]
+        stats = fcm.mock.stats()
+        assert (stats["connections_reset"], stats["client_connections"]) == (1, 2)
+        assert stats["received"] == 4 and "ntf-210" not in {r["herald_id"]
+                                                           for r in fcm.mock.log("all")}
+        assert fcm.mock.configure(max_client_connections=None)["max_client_connections"] is None
+        assert post_on(extra, fcm, note(211)).kind is OK
+        assert fcm.mock.stats()["connections_reset"] == 1
+    finally:
+        for c in (*held, extra):
+            c.close()
+
+
+def test_a_closed_connection_frees_its_place_under_the_cap(fcm):
+    no_client_connections(fcm.mock)
+    fcm.mock.configure(max_client_connections=1)
+    first = http.client.HTTPConnection("127.0.0.1", fcm.mock.port, timeout=10)
+    second = http.client.HTTPConnection("127.0.0.1", fcm.mock.port, timeout=10)
+    try:
+        assert post_on(first, fcm, note(230)).kind is OK
+        assert post_on(second, fcm, note(231)).status is None
+        first.close()
+        no_client_connections(fcm.mock)
+        assert post_on(second, fcm, note(232)).kind is OK
+    finally:
+        first.close()
+        second.close()
+    assert [r["herald_id"] for r in fcm.mock.log()] == ["ntf-230", "ntf-232"]
+
+
+def test_bad_connection_caps_are_refused(fcm):
+    for bad in (-1, 1.5, True, "3"):
+        answer = requests.post(f"{fcm.mock.url}/_mock/config",
+                               json={"max_client_connections": bad}, timeout=5)
+        assert answer.status_code == 400 and "max_client_connections" in answer.json()["error"]
+
+
+def test_apns_resets_an_http2_connection_over_the_cap():
+    mock = MockProcess("--provider", "apns", "--max-client-connections", "0")
+    try:
+        apns = Harness("apns", mock)
+        with pytest.raises(Exception, match="reset by peer"):
+            send(apns.request(note(240, "apns")))
+        assert mock.stats()["connections_reset"] == 1  # the admin call itself went through
+        mock.configure(max_client_connections=None)
+        assert apns.deliver(note(241, "apns")).kind is OK
+        assert [r["herald_id"] for r in mock.log()] == ["ntf-241"]
     finally:
         mock.stop()
