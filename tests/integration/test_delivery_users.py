@@ -202,7 +202,12 @@ def test_cancel_mid_campaign_nothing_more_reaches_the_provider(settings, job, fc
     assert all(final_state(events[n["id"]]) == "delivered" for n in other)
     log = at_mock(fcm, all_x)
     assert set(log) == {i for i, state in finals.items() if state == "delivered"}
-    assert Counter(finals.values())["cancelled"] >= 100     # most of it never went
-    # A round of calls whose check came just before the cancel was written may still be on the
-    # wire: one round (a few granted calls), never more. Nothing later.
-    assert max(r["t_ms"] for r in log.values()) <= processed_at + 1_000
+    # Once the cancel is in Redis, every round checks it before its calls: what reaches the
+    # provider after that is only calls already granted tokens then, i.e. the tenant's burst
+    # (2) plus what its bucket refills while they travel (5/s). Nothing later.
+    campaign = set(all_x)
+    after = sorted(r["t_ms"] - processed_at for r in fcm.log("all")
+                   if r["herald_id"] in campaign and r["t_ms"] > processed_at)
+    print(f"cancel: {len(log)} sent, {Counter(finals.values())['cancelled']} cancelled, "
+          f"{len(after)} reached the provider after the cancel was written (+ms: {after})")
+    assert len(after) <= 2 + 2, after

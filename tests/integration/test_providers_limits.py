@@ -114,15 +114,22 @@ def test_when_the_providers_quota_drops_herald_follows(settings, fcm, rclient, u
     before = [r["t_ms"] for r in everything if r["t_ms"] < drop_ms]
     settled = [r for r in everything if r["t_ms"] >= drop_ms + 3_000]
     assert max_in_any_second(before) > 2 * low  # it was running well above the new quota
-    assert settled, "the run ended before Herald could settle"
-    # Settled: Herald sends about what the provider takes, not the 900/s it was told.
+    assert len(settled) >= 2 * low, "the run ended before Herald had settled for 2 s"
+    # Settled: Herald sends what the provider takes, not the 900/s it was told. On average no
+    # more than the provider's quota; in any second no more than the quota plus what Herald's
+    # own bucket holds (its burst, 90): AIMD lowered the rate in force below the quota after
+    # each 429 and climbs back a tenth of 900/s per second, so few calls are refused.
     sent = max_in_any_second([r["t_ms"] for r in settled])
-    assert sent <= 2 * low, sent
+    span_s = (settled[-1]["t_ms"] - settled[0]["t_ms"]) / 1000
+    average = len(settled) / span_s
     refused = sum(1 for r in settled if r.get("reason") == "quota")
     print(f"adaptive: before the drop at most {max_in_any_second(before)} requests in a second; "
-          f"from 3 s after it at most {sent} (quota {low}), {refused} of {len(settled)} refused; "
+          f"from 3 s after it at most {sent} in a second, {average:.0f}/s on average over "
+          f"{span_s:.1f} s (quota {low}), {refused} of {len(settled)} refused; "
           f"rate in force {float(rclient.hget(f'rl{unique}:{{fcm}}', 'rate')):.0f}/s")
-    assert refused <= 0.25 * len(settled), (refused, len(settled))
+    assert average <= low, average
+    assert sent <= low + settings.quota_fcm_burst, sent
+    assert refused <= 0.05 * len(settled), (refused, len(settled))
     assert float(rclient.hget(f"rl{unique}:{{fcm}}", "rate")) < 900  # AIMD's rate, in Redis
 
 

@@ -121,10 +121,18 @@ def test_overlapping_critical_batches_keep_promotional_work_waiting_until_the_la
 
 
 def test_a_promotional_step_waits_no_longer_than_its_bound():
-    first = CriticalFirst(max_wait_ms=50)
-    with first.critical():  # never ends while the step waits
-        waited = first.step_aside()
-    assert waited >= 50
+    # The critical batch stays under way until the step has returned (or 30 s have passed):
+    # the step must give up on its own, at its bound, neither at the batch's end nor when the
+    # batch turns stale (10 minutes here).
+    first = CriticalFirst(max_wait_ms=50, stale_after_s=600)
+    waited: list[float] = []
+    promo = threading.Thread(target=lambda: waited.append(first.step_aside()))
+    with first.critical():
+        promo.start()
+        promo.join(timeout=30)
+        returned_under_way = bool(waited)
+    assert returned_under_way, "the step was still waiting 30 s into a 50 ms bound"
+    assert 50 <= waited[0] < 30_000
     assert first.waiting == 0
 
 
