@@ -95,6 +95,16 @@ class Settings:
     promo_yield_max_ms: float = 200.0
     provider_timeout_s: float = 10.0
     provider_max_in_flight: int = 256
+    # Adaptive concurrency per provider endpoint (herald.concurrency, issue 15.2): connections
+    # and requests in flight start at provider_concurrency_initial and grow while calls are
+    # answered, up to provider_max_in_flight; a new connection turned away or not made while
+    # others work pins the limit to those, and one more is tried after a hold that doubles up
+    # to provider_concurrency_probe_max_ms (so a cap's end is noticed within it). false: up to
+    # provider_max_in_flight connections at once and connection faults counted as provider
+    # faults, as before (for comparisons; bench/connection_faults.py).
+    provider_concurrency_adaptive: bool = True
+    provider_concurrency_initial: int = 8
+    provider_concurrency_probe_max_ms: int = 2_000
     # The gate sends a batch in parts of about this many notifications (a user's all in one
     # part), each part's calls under way while it decides the next, so the provider's work
     # and the gate's overlap (0: the whole batch as one part; udfs/call_stage.py).

@@ -93,8 +93,9 @@ from herald.retry import Attempt, ExponentialBackoffRetry, FallbackPolicy, TimeL
 from herald.quiet_hours import utc_iso
 from herald.settings import Settings
 from herald.templates import TemplateCache, TemplateError
-from udfs.http_client import (BEHIND_CHAIN, CONNECTING, IN_QUEUE, ChainHalted, DeadlineTimeout,
-                              HttpClientError, PastDeadline)
+from udfs.http_client import (BEHIND_CHAIN, CONNECTING, IN_QUEUE, ChainHalted,
+                              ConnectionTurnedAway, DeadlineTimeout, HttpClientError,
+                              PastDeadline)
 from udfs.lookups import BatchLookups, cancelled_campaigns
 from udfs.markers import SentMarkers, marker
 from udfs.rates import ProviderRates
@@ -104,6 +105,14 @@ from udfs.transport import make_transport
 ACCEPTED_BEFORE_RESTART = "accepted by the provider before a restart (sent marker); not sent again"
 RESENT_AFTER_CRASH = "in flight at a crash; re-sent (at-least-once for the ambiguous call)"
 MAX_WAIT_S = 0.5  # longest single sleep while waiting for tokens (expiry is re-checked after)
+# A call whose new connection was turned away while others to the provider work (the client's
+# ConnectionTurnedAway): not a provider fault. It goes again in the batch's next round, on a
+# working connection, with no attempt used and nothing for the breaker, this many times per
+# notification; then it is a provider fault like any lost connection.
+TURNED_AWAY = "turned_away"  # its outcome in the attempt history
+MAX_TURNED_AWAY = 3
+RESENT_AFTER_TURNED_AWAY = ("re-sent after a new connection to {} was turned away (written, "
+                            "most likely unread: at-least-once for the ambiguous call)")
 
 
 def stops_chain(result) -> bool:
@@ -416,6 +425,9 @@ class BatchCalls:
                 if isinstance(answer, PastDeadline):
                     self._past_deadline(task, answer, done, out)
                     continue
+                if isinstance(answer, ConnectionTurnedAway) and self._turned_away(
+                        task, answer, done, later, behind):
+                    continue
             outcome = self._answered(task, answer, done, crashed, accepted, out, later, behind,
                                      throttled)
             if outcome is not None:
@@ -489,6 +501,9 @@ class BatchCalls:
             self.rates.on_success(name)
             accepted.append(task.mark)
             detail = RESENT_AFTER_CRASH if task.mark in crashed else None
+            if detail is None and task.history and \
+                    task.history[-1].get("outcome") == TURNED_AWAY:
+                detail = RESENT_AFTER_TURNED_AWAY.format(name)
             out.statuses.append(Status.of(task.n, states.DELIVERED, now, channel=task.channel,
                                           provider=name, attempt=task.attempt,
                                           latency_ms=now - task.n.created_at, detail=detail))
@@ -520,6 +535,21 @@ class BatchCalls:
         self._channel_failed(task, policy.PERMANENT, detail, now, out, later, name)
         behind[user] = ("wait", None)
         return None
+
+    def _turned_away(self, task: Task, answer: ConnectionTurnedAway, now: int,
+                     later: list[Task], behind: dict) -> bool:
+        """Send the call again in the next round (its user's later calls wait behind it), with
+        no attempt used and nothing recorded by the breaker; False once it has been turned
+        away ``MAX_TURNED_AWAY`` times (then it is a provider fault)."""
+        history = task.history
+        if sum(1 for h in history if h.get("outcome") == TURNED_AWAY) >= MAX_TURNED_AWAY:
+            return False
+        task.remember(Attempt(task.channel, task.adapter.name, task.attempt, now, TURNED_AWAY,
+                              str(answer)).to_dict())
+        task.request = None  # rebuilt next round (TTLs count down)
+        later.append(task)
+        behind[task.chain] = ("wait", None)
+        return True
 
     def _retryable(self, task: Task, outcome, now: int, out: StageOutput, later: list[Task],
                    behind: dict) -> None:

@@ -30,6 +30,7 @@ from collections import deque
 from typing import Any, Callable, Hashable, NamedTuple, Sequence
 from urllib.parse import urlsplit
 
+from herald.concurrency import AdaptiveLimit
 from herald.errors import HeraldError
 from herald.providers.base import ProviderRequest
 
@@ -61,6 +62,12 @@ class RequestTimeout(HttpClientError, TimeoutError):
 
 class ConnectionClosed(HttpClientError):
     """The connection closed before a whole answer arrived; the provider may have acted on it."""
+
+
+class ConnectionTurnedAway(ConnectionClosed):
+    """A new connection closed before any answer while others to the same origin work: the
+    provider (or a gateway in front of it) turned it away, most likely unread. Not an outage;
+    the request was written, so sending it again is at-least-once for it."""
 
 
 class ProtocolError(HttpClientError):
@@ -145,7 +152,7 @@ class _Connection(asyncio.Protocol):
     before the next request is written, which is what keeps same-key requests in order)."""
 
     __slots__ = ("pool", "transport", "buf", "ex", "state", "need", "status", "headers", "body",
-                 "keep", "deadline", "dead", "idle_since", "body_limit")
+                 "keep", "deadline", "dead", "idle_since", "body_limit", "answered")
 
     def __init__(self, pool: "_Pool"):
         self.pool = pool
@@ -162,6 +169,7 @@ class _Connection(asyncio.Protocol):
         self.dead = False
         self.idle_since = 0.0
         self.body_limit = pool.client.max_body_bytes
+        self.answered = 0  # whole answers read on this connection
 
     # -- asyncio.Protocol
 
@@ -188,8 +196,7 @@ class _Connection(asyncio.Protocol):
             if self.state == _UNTIL_CLOSE:
                 self._complete(bytes(self.body or b""))
             else:
-                reason = f": {exc}" if exc else ""
-                self._fail(ConnectionClosed(f"connection closed before a whole answer{reason}"))
+                self._fail(self.pool.lost(self, f": {exc}" if exc else ""))
         self.transport = None
         self.pool.forget(self)
 
@@ -207,6 +214,7 @@ class _Connection(asyncio.Protocol):
             client.wake_by(deadline)
         self.deadline = deadline
         client.busy.add(self)
+        self.pool.in_flight += 1
         self.transport.write(ex.data)
 
     def _parse(self) -> None:
@@ -317,10 +325,18 @@ class _Connection(asyncio.Protocol):
         self.ex = None
         self.body = None
         self.state = _HEAD
-        self.pool.client.busy.discard(self)
+        pool = self.pool
+        pool.client.busy.discard(self)
+        limiter = pool.limiter
+        if limiter is not None:
+            if not self.answered:
+                limiter.proven(pool.open - pool.connecting)
+            limiter.on_answer(pool.in_flight)
+        self.answered += 1
+        pool.in_flight -= 1
         answer = Response(self.status, self.headers, body)
         if self.keep and not self.buf and self.transport is not None:
-            self.pool.release(self)  # before the callback, so a chained request can reuse it
+            pool.release(self)  # before the callback, so a chained request can reuse it
         else:
             self._drop()
         ex.callback(ex.tag, answer)
@@ -328,6 +344,8 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: HttpClientError) -> None:
         ex = self.ex
         self.ex = None
+        if ex is not None:
+            self.pool.in_flight -= 1
         self.pool.client.busy.discard(self)
         self._drop()
         if ex is not None:
@@ -338,6 +356,8 @@ class _Connection(asyncio.Protocol):
         if ex is not None and ex.expires <= self.deadline:
             self._fail(DeadlineTimeout("written; no answer before its deadline"))
         else:
+            if self.pool.limiter is not None:
+                self.pool.limiter.timeout()
             self._fail(RequestTimeout(f"no answer within {self.pool.client.timeout_s} s"))
 
     def _drop(self) -> None:
@@ -350,8 +370,13 @@ class _Connection(asyncio.Protocol):
 # ---------------------------------------------------------------- one origin's pool
 
 class _Pool:
-    """Keep-alive connections to one origin: at most ``max_connections``, the most recently
-    used reused first; requests beyond that wait here in order."""
+    """Keep-alive connections to one origin: at most ``max_connections`` (with an adaptive
+    limit, at most its ``limit``, which also bounds the requests in flight), the most recently
+    used reused first; requests beyond that wait here in order.
+
+    With a limit, a connection that cannot be made, or a new one turned away before it
+    answered, while others work, lowers the limit to those (``herald.concurrency``); a request
+    whose connection could not be made was never written and waits for a working one."""
 
     def __init__(self, client: "HttpClient", scheme: str, host: str, port: int):
         self.client = client
@@ -360,7 +385,11 @@ class _Pool:
         self.ssl = client._ssl_for(scheme)
         self.idle: list[_Connection] = []
         self.open = 0  # connections alive or being made
+        self.connecting = 0  # of those, being made
+        self.in_flight = 0  # requests written and not answered
         self.waiting: deque[_Exchange] = deque()
+        self.limiter: AdaptiveLimit | None = (client.adaptive_limit() if client.adaptive_limit
+                                              else None)
 
     def submit(self, ex: _Exchange) -> None:
         idle = self.idle
@@ -369,18 +398,26 @@ class _Pool:
         if ex.expires <= now:
             ex.callback(ex.tag, deadline_passed(BEFORE_WRITE))
             return
-        while idle:
-            conn = idle.pop()
-            if conn.transport is None or conn.transport.is_closing():
-                self.forget(conn)
-                continue
-            if now - conn.idle_since > client.idle_timeout_s:
-                conn._drop()
-                continue
-            client.reused += 1
-            conn.send(ex, now)
-            return
-        if self.open < client.max_connections:
+        limiter = self.limiter
+        if limiter is None:
+            cap = client.max_connections
+        elif self.in_flight < limiter.limit:
+            cap = limiter.limit
+        else:
+            cap = 0  # as many requests in flight as the limit allows: wait
+        if cap:
+            while idle:
+                conn = idle.pop()
+                if conn.transport is None or conn.transport.is_closing():
+                    self.forget(conn)
+                    continue
+                if now - conn.idle_since > client.idle_timeout_s:
+                    conn._drop()
+                    continue
+                client.reused += 1
+                conn.send(ex, now)
+                return
+        if self.open < cap:
             self.open += 1
             client.loop.create_task(self._connect(ex))
         else:
@@ -393,8 +430,9 @@ class _Pool:
         (those past theirs are answered ``DeadlinePassed``), or it waits idle."""
         now = self.client.loop.time()
         waiting = self.waiting
+        limiter = self.limiter
         expired = None
-        while waiting:
+        while waiting and (limiter is None or self.in_flight < limiter.limit):
             ex = waiting.popleft()
             if ex.expires > now:
                 self.client.reused += 1
@@ -406,9 +444,43 @@ class _Pool:
         else:
             conn.idle_since = now
             self.idle.append(conn)
+        if limiter is not None and waiting:
+            self._connect_next()  # the limit may have grown
         if expired:  # after conn has its place: the callbacks may submit more
             for ex in expired:
                 ex.callback(ex.tag, deadline_passed(IN_QUEUE))
+
+    def lost(self, conn: _Connection, reason: str) -> HttpClientError:
+        """The error for the exchange ``conn`` lost with its connection. A new connection lost
+        before any byte of an answer tells the limit it was refused; while others work it was
+        turned away, not a sign of an outage."""
+        limiter = self.limiter
+        if limiter is not None and not conn.answered and conn.state == _HEAD and not conn.buf:
+            working = self.open - self.connecting - 1  # conn is still counted in open
+            limiter.refused(working)
+            if working > 0:
+                return ConnectionTurnedAway(
+                    f"a new connection was closed before any answer{reason} while {working} "
+                    f"others work (turned away; the limit is now {limiter.limit})")
+        return ConnectionClosed(f"connection closed before a whole answer{reason}")
+
+    def _requeue(self, ex: _Exchange, now: float) -> None:
+        """``ex`` was never written: it goes on an idle connection, or first in line."""
+        idle, client, limiter = self.idle, self.client, self.limiter
+        while idle and (limiter is None or self.in_flight < limiter.limit):
+            conn = idle.pop()
+            if conn.transport is None or conn.transport.is_closing():
+                self.forget(conn)
+                continue
+            if now - conn.idle_since > client.idle_timeout_s:
+                conn._drop()
+                continue
+            client.reused += 1
+            conn.send(ex, now)
+            return
+        self.waiting.appendleft(ex)
+        if ex.expires != NO_DEADLINE:
+            client.wake_by(ex.expires)
 
     def expire_waiting(self, now: float) -> float:
         """Answer the waiting requests past their deadline; the earliest deadline left."""
@@ -435,7 +507,9 @@ class _Pool:
         self._connect_next()
 
     def _connect_next(self) -> None:
-        if self.waiting and self.open < self.client.max_connections:
+        limiter = self.limiter
+        cap = self.client.max_connections if limiter is None else limiter.limit
+        if self.waiting and self.open < cap:
             self.open += 1
             self.client.loop.create_task(self._connect(self.waiting.popleft()))
 
@@ -451,6 +525,7 @@ class _Pool:
                 ex.callback(ex.tag, deadline_passed(IN_QUEUE))
                 self._connect_next()
                 return
+        self.connecting += 1
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
@@ -459,14 +534,23 @@ class _Pool:
                 timeout)
         except (OSError, asyncio.TimeoutError, ssl_module.SSLError) as exc:
             self.open -= 1
+            self.connecting -= 1
             if cut and isinstance(exc, asyncio.TimeoutError):
                 ex.callback(ex.tag, deadline_passed(CONNECTING))
             else:
+                limiter = self.limiter
+                working = self.open - self.connecting
+                if limiter is not None:
+                    limiter.refused(working)
+                    if working > 0 and not client.closed:  # never written: it waits for one
+                        self._requeue(ex, loop.time())
+                        return
                 what = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc)
                 ex.callback(ex.tag, ConnectError(
                     f"cannot connect to {self.host}:{self.port}: {what}"))
             self._connect_next()
             return
+        self.connecting -= 1
         client.connections_opened += 1
         if client.closed:
             conn._fail(ConnectionClosed("client closed"))
@@ -497,7 +581,9 @@ class HttpClient:
     connection idle longer than ``idle_timeout_s`` is closed instead of reused (providers drop
     idle ones, and a write on a half-closed connection fails). ``ssl_context`` is used for
     ``https`` origins (default: ``ssl.create_default_context()``, which verifies the
-    certificate and host name).
+    certificate and host name). ``adaptive_limit`` makes each origin's limit
+    (``herald.concurrency.AdaptiveLimit``) on connections and requests in flight, within
+    ``max_connections``; without it the pool opens up to ``max_connections`` at once.
 
     A failed request is reported, never retried here: whether a POST to a provider may be
     sent again is the retry policy's decision, not the transport's.
@@ -506,7 +592,8 @@ class HttpClient:
     def __init__(self, *, max_connections: int = 256, timeout_s: float = 10.0,
                  connect_timeout_s: float = 5.0, idle_timeout_s: float = 30.0,
                  ssl_context: ssl_module.SSLContext | None = None,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 adaptive_limit: Callable[[], AdaptiveLimit] | None = None):
         if max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         if timeout_s <= 0 or connect_timeout_s <= 0:
@@ -516,6 +603,7 @@ class HttpClient:
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.max_body_bytes = max_body_bytes
+        self.adaptive_limit = adaptive_limit
         self._ssl_context = ssl_context
         self.loop: asyncio.AbstractEventLoop | None = None
         self.busy: set[_Connection] = set()
@@ -627,11 +715,14 @@ class HttpClient:
         await asyncio.sleep(0)  # let the transports finish closing
 
     def stats(self) -> dict:
-        """Counters: requests submitted, connections opened, requests sent on a reused one."""
+        """Counters: requests submitted, connections opened, requests sent on a reused one;
+        each adaptive limit by origin."""
         return {"requests": self.requests, "connections_opened": self.connections_opened,
                 "reused": self.reused,
                 "open": sum(p.open for p in self._pools.values()),
-                "idle": sum(len(p.idle) for p in self._pools.values())}
+                "idle": sum(len(p.idle) for p in self._pools.values()),
+                "limits": {f"{p.host}:{p.port}": p.limiter.limit
+                           for p in self._pools.values() if p.limiter is not None}}
 
     # -- internals
 

@@ -15,8 +15,10 @@ a batch, so a caller keeps each key (user) in one batch at a time.
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Any, Callable, Hashable, Sequence
 
+from herald.concurrency import AdaptiveLimit
 from herald.providers.base import ProviderRequest, clock_ms
 from udfs.h2_client import H2Client
 from udfs.http_client import BEFORE_WRITE, HttpClient, Response, deadline_passed, new_event_loop
@@ -28,9 +30,13 @@ NULL_ANSWER = Response(200, {"content-type": "application/json"},
 
 class ProviderTransport:
     def __init__(self, *, max_connections: int = 256, timeout_s: float = 10.0,
-                 use_uvloop: bool | None = None):
+                 use_uvloop: bool | None = None,
+                 adaptive_limit: Callable[[], AdaptiveLimit] | None = None):
+        """``adaptive_limit`` makes each HTTP/1.1 endpoint's concurrency limit (None: fixed).
+        HTTP/2 keeps one connection per origin and the server's stream limit (SETTINGS)."""
         self.loop = new_event_loop(use_uvloop)
-        self.http1 = HttpClient(max_connections=max_connections, timeout_s=timeout_s)
+        self.http1 = HttpClient(max_connections=max_connections, timeout_s=timeout_s,
+                                adaptive_limit=adaptive_limit)
         self.http2 = H2Client(timeout_s=timeout_s)
 
     def send_batch(self, requests: Sequence[ProviderRequest], max_in_flight: int = 256,
@@ -121,4 +127,15 @@ def make_transport(settings) -> "ProviderTransport | NullTransport":
         raise ValueError(f"provider_transport must be 'http' or 'null', "
                          f"not {settings.provider_transport!r}")
     return ProviderTransport(max_connections=settings.provider_max_in_flight,
-                             timeout_s=settings.provider_timeout_s)
+                             timeout_s=settings.provider_timeout_s,
+                             adaptive_limit=adaptive_limit(settings))
+
+
+def adaptive_limit(settings) -> Callable[[], AdaptiveLimit] | None:
+    """What makes each provider endpoint's limit, from the settings (None: fixed)."""
+    if not settings.provider_concurrency_adaptive:
+        return None
+    probe_max = settings.provider_concurrency_probe_max_ms
+    return functools.partial(AdaptiveLimit, initial=settings.provider_concurrency_initial,
+                             maximum=settings.provider_max_in_flight,
+                             probe_min_ms=min(250, probe_max), probe_max_ms=probe_max)

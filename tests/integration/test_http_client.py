@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import random
 import ssl
 import time
 
 import pytest
 
+from herald.concurrency import AdaptiveLimit
 from herald.providers.base import ProviderRequest
 from herald.providers.registry import Registry
 from herald.settings import Settings
 from herald_stack.processes import free_port
 from tests.helpers_mocks import MockProcess, make_notification
 from udfs.http_client import (BEFORE_WRITE, BEHIND_CHAIN, CONNECTING, IN_QUEUE,
-                              BlockingBatchClient, ChainHalted, ConnectError, DeadlinePassed,
+                              BlockingBatchClient, ChainHalted, ConnectError, ConnectionClosed,
+                              ConnectionTurnedAway, DeadlinePassed,
                               DeadlineTimeout, HttpClient, RequestTimeout, Response,
                               UnsupportedRequest)
 
@@ -557,3 +560,91 @@ def test_a_connection_that_cannot_open_before_the_deadline_answers_deadline_pass
         filler.close()
         listener.close()
     assert isinstance(answer, DeadlinePassed) and answer.stage == CONNECTING
+
+
+# ---------------------------------------------------------------- adaptive concurrency
+
+def adaptive(initial: int = 8, maximum: int = 64, **kwargs):
+    return functools.partial(AdaptiveLimit, initial=initial, maximum=maximum, **kwargs)
+
+
+def test_a_capped_provider_gets_what_it_takes_and_turned_away_calls_were_never_read(fcm):
+    """The mock serves 4 connections per client and resets the rest unread: the pool learns
+    the cap from the first burst (8 connections) and sends the rest over the 4 that work (8-10
+    turned away in five runs); a
+    call turned away is reported as such (not an outage), never reached the log, and goes
+    through exactly once when sent again."""
+    fcm.configure(max_client_connections=4)
+    client = BlockingBatchClient(max_connections=64, adaptive_limit=adaptive(initial=8))
+    try:
+        answers = client.send_batch([fcm_request(fcm.url, f"c-{i}", f"u{i}")
+                                     for i in range(200)], max_in_flight=64)
+        limits = client.client.stats()["limits"]
+        turned = [i for i, a in enumerate(answers) if isinstance(a, ConnectionTurnedAway)]
+        assert all(isinstance(a, Response) and a.status == 200
+                   for i, a in enumerate(answers) if i not in turned), answers
+        # The first burst's extra four, and a few opened while that burst's resets and
+        # answers interleave (each answer grows the limit until the last reset has come).
+        assert 4 <= len(turned) <= 16
+        assert list(limits.values())[0] in (4, 5)  # the cap, or a probe above it
+        logged = [r["herald_id"] for r in fcm.log()]
+        assert sorted(logged) == sorted(f"c-{i}" for i in range(200) if i not in turned)
+        assert fcm.stats()["received"] == 200 - len(turned)
+        again = client.send_batch([fcm_request(fcm.url, f"c-{i}", f"u{i}") for i in turned])
+        assert all(isinstance(a, Response) or isinstance(a, ConnectionTurnedAway)
+                   for a in again)
+    finally:
+        client.close()
+    counts = {}
+    for r in fcm.log():
+        counts[r["herald_id"]] = counts.get(r["herald_id"], 0) + 1
+    assert set(counts.values()) == {1}
+
+
+def test_without_an_adaptive_limit_the_same_burst_loses_connections_as_plain_resets(fcm):
+    """What the issue saw: a pool that opens a connection per request at once has most of
+    them reset, reported as lost connections (ambiguous, a provider fault)."""
+    fcm.configure(max_client_connections=4)
+    client = BlockingBatchClient(max_connections=64)
+    try:
+        answers = client.send_batch([fcm_request(fcm.url, f"f-{i}", f"u{i}")
+                                     for i in range(64)], max_in_flight=64)
+    finally:
+        client.close()
+    lost = [a for a in answers if isinstance(a, ConnectionClosed)]
+    assert len(lost) >= 50 and not any(isinstance(a, ConnectionTurnedAway) for a in lost)
+
+
+def test_a_connection_that_cannot_be_made_while_another_works_leaves_its_request_waiting():
+    """The listener stops accepting (refused) while the client holds a working connection:
+    the requests whose new connection failed were never written, so they wait for the one
+    that works instead of failing with ConnectError."""
+    seen: list = []
+
+    async def go():
+        async with RawServer(slow_answer(0.01, seen)) as server:
+            client = HttpClient(max_connections=8, adaptive_limit=adaptive(initial=2, maximum=8))
+            try:
+                first = await client.send_batch([raw_request(server.port, "/first")])
+                server.server.close()  # no new connections; the open one goes on
+                rest = await client.send_batch([raw_request(server.port, f"/r{i}")
+                                                for i in range(10)])
+                return first + rest, client.stats()
+            finally:
+                await client.close()
+    answers, stats = run(go())
+    assert [getattr(a, "status", a) for a in answers] == [200] * 11
+    assert sorted(p for p, _ in seen) == sorted(["/first"] + [f"/r{i}" for i in range(10)])
+    assert stats["connections_opened"] == 1 and list(stats["limits"].values()) == [1]
+
+
+def test_the_limit_grows_while_calls_are_answered(fcm):
+    client = BlockingBatchClient(max_connections=64, adaptive_limit=adaptive(initial=2))
+    try:
+        answers = client.send_batch([fcm_request(fcm.url, f"g-{i}", f"u{i}")
+                                     for i in range(300)], max_in_flight=64)
+        stats = client.client.stats()
+    finally:
+        client.close()
+    assert all(isinstance(a, Response) and a.status == 200 for a in answers)
+    assert list(stats["limits"].values()) == [64] and stats["connections_opened"] <= 64
