@@ -262,36 +262,42 @@ def record_of(scenario: Scenario, note: Note, at_ms: int) -> dict:
 # ---------------------------------------------------------------------------- the run
 
 class Mocks:
-    """The four provider mocks in one process of this run's own (``--all`` on free ports), so
-    switching them disturbs no one else's test."""
+    """The four provider mocks of this run's own, each in its own process (one event loop per
+    provider, as real providers are apart: a busy mock does not delay another's receive
+    times), so switching them disturbs no one else's test."""
 
     def __init__(self, log_dir: Path, timeout_s: float = 30.0):
         from herald_stack.processes import free_port
         self.ports = {p: free_port() for p in PROVIDERS}
-        env = dict(os.environ, PYTHONUNBUFFERED="1",
-                   **{f"HERALD_MOCK_{p.upper()}_PORT": str(port) for p, port in self.ports.items()})
         self.stderr = open(log_dir / "mocks.stderr", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "herald_mocks", "--all"], cwd=ROOT,
-                                     env=env, stdout=subprocess.PIPE, stderr=self.stderr)
-        ready, pending = set(), b""
-        deadline = time.monotonic() + timeout_s
-        sel = selectors.DefaultSelector()
-        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        self.procs = {}
         try:
-            while len(ready) < len(PROVIDERS):
-                left = deadline - time.monotonic()
-                if left <= 0 or not sel.select(left):
-                    raise TimeoutError("the mocks did not report ready")
-                chunk = os.read(self.proc.stdout.fileno(), 4096)
-                if not chunk:
-                    raise RuntimeError(f"the mocks exited ({self.proc.wait()})")
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                ready.update(line.split()[1].decode() for line in lines
-                             if line.startswith(b"herald-mock ") and b" listening on " in line)
+            for provider, port in self.ports.items():
+                self.procs[provider] = subprocess.Popen(
+                    [sys.executable, "-m", "herald_mocks", "--provider", provider, "--port",
+                     str(port)], cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                    stdout=subprocess.PIPE, stderr=self.stderr)
+            deadline = time.monotonic() + timeout_s
+            for provider, proc in self.procs.items():
+                self._await_ready(provider, proc, deadline)
         except BaseException:
             self.stop()
             raise
+
+    @staticmethod
+    def _await_ready(provider: str, proc: subprocess.Popen, deadline: float) -> None:
+        pending = b""
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        try:
+            while b" listening on " not in pending:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise TimeoutError(f"the {provider} mock did not report ready")
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                if not chunk:
+                    raise RuntimeError(f"the {provider} mock exited ({proc.wait()})")
+                pending += chunk
         finally:
             sel.close()
 
@@ -324,14 +330,16 @@ class Mocks:
         return answer.json()["records"]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
             try:
-                self.proc.wait(10)
+                proc.wait(10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc.stdout.close()
+                proc.kill()
+                proc.wait(5)
+            proc.stdout.close()
         self.stderr.close()
 
 
