@@ -64,6 +64,7 @@ class MockServer:
         self._server: asyncio.base_events.Server | None = None
         self._timers: list[asyncio.TimerHandle] = []
         state.on_config_change.append(self._schedule_outage)
+        state.on_config_change.append(self._enforce_cap)
 
     def _protocol(self) -> asyncio.Protocol:
         if self.state.provider.http2:
@@ -103,6 +104,22 @@ class MockServer:
         self._timers.append(loop.call_later(max(0, start - now) / 1000, self._down))
         self._timers.append(loop.call_later((end - now) / 1000,
                                             lambda: loop.create_task(self._up())))
+
+    def _enforce_cap(self, config: MockConfig) -> None:
+        """A cap switched on closes each client's idle connections beyond it, as a gateway
+        restarted with the cap would; a connection with a request under way keeps it."""
+        cap = config.max_client_connections
+        if cap is None:
+            return
+        held: dict[str, int] = {}
+        for conn in list(self.connections):
+            client = getattr(conn, "client", None)
+            if client is None:
+                continue
+            held[client] = held.get(client, 0) + 1
+            if held[client] > cap and not getattr(conn, "busy", True) and not conn.buf:
+                held[client] -= 1
+                conn.close()
 
     def _down(self) -> None:
         if self._server is not None:

@@ -411,3 +411,23 @@ def test_apns_resets_an_http2_connection_over_the_cap():
         assert [r["herald_id"] for r in mock.log()] == ["ntf-241"]
     finally:
         mock.stop()
+
+
+def test_switching_a_cap_on_closes_the_idle_connections_beyond_it(fcm):
+    """As a gateway restarted with the cap: of three idle connections, two are closed."""
+    no_client_connections(fcm.mock)
+    conns = [http.client.HTTPConnection("127.0.0.1", fcm.mock.port, timeout=10)
+             for _ in range(3)]
+    try:
+        assert [post_on(c, fcm, note(250 + i)).kind for i, c in enumerate(conns)] == [OK] * 3
+        assert fcm.mock.stats()["client_connections"] == 3
+        fcm.mock.configure(max_client_connections=1)
+        deadline = time.monotonic() + 5
+        while fcm.mock.stats()["client_connections"] > 1:
+            assert time.monotonic() < deadline, fcm.mock.stats()
+            time.sleep(0.01)
+        kinds = [post_on(c, fcm, note(260 + i)).kind for i, c in enumerate(conns)]
+        assert kinds.count(OK) == 1 and fcm.mock.stats()["connections_reset"] == 0
+    finally:
+        for c in conns:
+            c.close()
