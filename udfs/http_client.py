@@ -453,15 +453,23 @@ class _Pool:
     def lost(self, conn: _Connection, reason: str) -> HttpClientError:
         """The error for the exchange ``conn`` lost with its connection. A new connection lost
         before any byte of an answer tells the limit it was refused; while others work it was
-        turned away, not a sign of an outage."""
+        turned away, not a sign of an outage, and so was a kept-alive one the provider closed
+        as the request went out."""
         limiter = self.limiter
-        if limiter is not None and not conn.answered and conn.state == _HEAD and not conn.buf:
+        if limiter is not None and conn.state == _HEAD and not conn.buf:
             working = self.open - self.connecting - 1  # conn is still counted in open
-            limiter.refused(working)
-            if working > 0:
+            if not conn.answered:
+                limiter.refused(working)
+                if working > 0:
+                    return ConnectionTurnedAway(
+                        f"a new connection was closed before any answer{reason} while "
+                        f"{working} others work (turned away; the limit is now {limiter.limit})")
+            elif working > 0:
+                # A kept-alive connection the provider closed as the request went out (an idle
+                # close, a gateway shedding connections): no byte of an answer, others answer.
                 return ConnectionTurnedAway(
-                    f"a new connection was closed before any answer{reason} while {working} "
-                    f"others work (turned away; the limit is now {limiter.limit})")
+                    f"a kept-alive connection was closed before any answer{reason} while "
+                    f"{working} others work (turned away)")
         return ConnectionClosed(f"connection closed before a whole answer{reason}")
 
     def _requeue(self, ex: _Exchange, now: float) -> None:

@@ -648,3 +648,39 @@ def test_the_limit_grows_while_calls_are_answered(fcm):
         client.close()
     assert all(isinstance(a, Response) and a.status == 200 for a in answers)
     assert list(stats["limits"].values()) == [64] and stats["connections_opened"] <= 64
+
+
+def test_a_kept_alive_connection_closed_as_its_request_went_out_is_turned_away_not_a_fault():
+    """A provider (or its gateway) closes some kept-alive connections as the next request
+    arrives, with no byte of an answer, while the others answer: those calls are turned away
+    (sent again by the call stage), not lost connections that count as an outage."""
+    dropped: list = []
+
+    async def answer(server, head, body, writer):
+        served = server.per_connection.setdefault(writer, len(server.per_connection))
+        nth = server.requests.get(writer, 0) + 1
+        server.requests[writer] = nth
+        if nth == 2 and served % 2 == 0:
+            dropped.append(served)
+            return False  # closed, nothing written
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    async def go():
+        async with RawServer(answer) as server:
+            server.per_connection, server.requests = {}, {}
+            client = HttpClient(max_connections=8, adaptive_limit=adaptive(initial=4))
+            try:
+                first = await client.send_batch([raw_request(server.port, f"/a{i}")
+                                                 for i in range(4)], max_in_flight=4)
+                second = await client.send_batch([raw_request(server.port, f"/b{i}")
+                                                  for i in range(4)], max_in_flight=4)
+                return first, second, server.connections
+            finally:
+                await client.close()
+
+    first, second, connections = run(go())
+    assert connections == 4 and all(isinstance(a, Response) for a in first)
+    assert len(dropped) == 2
+    assert sorted(type(a).__name__ for a in second) == [
+        "ConnectionTurnedAway", "ConnectionTurnedAway", "Response", "Response"]
