@@ -793,6 +793,7 @@ def check(data: RunData) -> Report:
             **{f"final_{s}": fates_seen[s] for s in FATES if fates_seen[s]},
             "duplicate_events": sum(e["state"] == "duplicate" for evs in statuses.values()
                                     for e in evs),
+            # (earlier, later) pairs the README's exception covers: not violations
             "overtook_a_retry": excused, "switches": len(data.switch_log),
             **{f"out_of_order_{c}": n for c, n in sorted(causes.items())},
             **dict(sorted(totals.items()))}
@@ -852,10 +853,12 @@ def main(argv: list[str] | None = None) -> int:
     base = bench_settings()
     Stack(base).up()
     started = time.monotonic()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                            capture_output=True, text=True).stdout.strip() or "?"
     seeds = list(args.seed or [])
     fresh = random.SystemRandom()
     reports = []
-    when = machine()
+    when = {**machine(), "commit": commit}
     while seeds or (not args.seed and time.monotonic() - started < args.minutes * 60):
         seed = seeds.pop(0) if seeds else fresh.randrange(1 << 31)
         run = uuid.uuid4().hex[:6]
@@ -893,8 +896,9 @@ def write_results(reports: list[Report], when: dict, args) -> None:
     short = {k: k.replace("_", " ") for k in KINDS}
     lines = [
         "# Randomized contract test", "",
-        f"Run {when['when']} ({when['cpus']} cores, load {when['loadavg_1m_at_start']} at the "
-        f"start): {len(reports)} scenarios of {args.notifications} notifications produced over "
+        f"Run {when['when']} on commit {when.get('commit', '?')} ({when['cpus']} cores, load "
+        f"{when['loadavg_1m_at_start']} at the start): {len(reports)} scenarios of "
+        f"{args.notifications} notifications produced over "
         f"{args.span_s:g} s, fresh seeds; the delivery job on the MiniCluster, mocks of each "
         f"run's own switched at random moments (`python bench/contract_fuzz.py --minutes N`; "
         f"`--seed S` replays one). Every count must be 0; what each kind means is in "
