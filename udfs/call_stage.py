@@ -27,7 +27,8 @@ trip (``udfs.markers``) that also reads the batch's users, templates and cancell
 Then rounds run until every notification has a fate:
 
 1. requests are built by the provider adapters (no contact for a channel → fallback), each
-   with the notification's ``expires_at`` as its deadline;
+   with the notification's ``expires_at`` less ``provider_write_margin_ms`` (the trip to the
+   provider) as its deadline;
 2. a provider whose circuit is open gets no calls: a notification with another usable channel
    moves to it at once (``fallback``, the circuit named), one without waits, re-queued for
    when the provider may be probed (``retrying``, no attempt used), or ``expired`` if that is
@@ -379,6 +380,7 @@ class BatchCalls:
                 for task in group:
                     self._provider_down(task, name, "", now, out, later, called=False)
 
+        allowed = in_turn(allowed, later)
         # Tokens, per (provider, tenant), in order: the granted head of each group goes now.
         groups: dict[tuple[str, str], list[Task]] = {}
         for task in allowed:
@@ -392,9 +394,9 @@ class BatchCalls:
             if grant.granted < len(group):
                 later.extend(group[grant.granted:])
                 min_wait = grant.wait_ms if min_wait is None else min(min_wait, grant.wait_ms)
+        go = in_turn(go, later)  # behind a call of the same user still waiting for tokens
         if not go:
             return Round(go, later, None, min_wait)
-        go.sort(key=lambda t: t.order)
         return Round(go, later, self.transport.start([t.request for t in go],
                                                      self.settings.provider_max_in_flight,
                                                      keys=[t.chain for t in go],
@@ -464,7 +466,8 @@ class BatchCalls:
             task.adapter = self.registry.for_channel(task.channel, contacts.platform)
             task.request = task.adapter.build_request(task.message or task.n, contacts,
                                                       self.settings, now_ms=now)
-            task.request.deadline = task.n.expires_at  # never written at or after it
+            # never written so late that it could reach the provider at or after expires_at
+            task.request.deadline = task.n.expires_at - self.settings.provider_write_margin_ms
             return True
         except MissingContactError as exc:
             failure, detail = policy.MISSING_CONTACT, str(exc)
@@ -699,6 +702,36 @@ class BatchCalls:
         out.unclaim.append(task.mark)
         out.statuses.append(Status.of(task.n, states.EXPIRED, now, channel=task.channel,
                                       attempt=task.attempt, detail=detail))
+
+
+def in_turn(tasks: list[Task], later: list[Task]) -> list[Task]:
+    """What of ``tasks`` may go this round, in order, so that each user's calls reach the
+    providers in their order whatever the channel: a call behind one of the same user that
+    waits in ``later`` (a fallback, tokens, a probe) waits too, and a user's calls go over one
+    protocol per round (the transport chains a user's calls within a protocol, so an APNs
+    call and an HTTP/1.1 one of the same user would overtake each other). The rest joins
+    ``later``."""
+    waiting: dict[tuple[str, str], int] = {}  # chain → order of its first call that waits
+    for task in later:
+        if task.order < waiting.get(task.chain, task.order + 1):
+            waiting[task.chain] = task.order
+    protocol: dict[tuple[str, str], bool] = {}
+    kept = []
+    for task in sorted(tasks, key=_order):
+        chain = task.chain
+        first = waiting.get(chain)
+        if ((first is not None and first < task.order)
+                or protocol.setdefault(chain, task.request.http2) != task.request.http2):
+            later.append(task)
+            if first is None or task.order < first:
+                waiting[chain] = task.order
+            continue
+        kept.append(task)
+    return kept
+
+
+def _order(task: Task) -> int:
+    return task.order
 
 
 def split_by_user(notes: Sequence[Notification], part_size: int) -> list[list[Notification]]:
