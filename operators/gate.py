@@ -73,8 +73,11 @@ from operators.metrics import OperatorMetrics
 from operators.rows import DLQ_TAG, STATUS_TAG, keyed_payload, stage_rows
 from operators.state import sweep, ttl_config
 from operators.threads import class_turns, run_at_class_priority
-from udfs.call_stage import split_by_user
+from udfs.call_stage import (ACCEPTED_BEFORE_RESTART, EXPIRED_IN_FLIGHT,
+                              split_by_user)
+from udfs.markers import marker
 
+EXPIRED_DROP = object()  # an expired drop in a batch's outputs, told once its marker is read
 SWEEP = "\x00sweep"  # the lane's next state sweep, kept among the users' deadlines
 # A user's state is kept under tenant, this and the user id: ids are chosen by tenants, and
 # "\x1f" never occurs in a valid id (herald.models), so no two tenants' users share a state.
@@ -106,6 +109,17 @@ def unpack(value) -> GateState | None:
         return GateState(seen=seen, seen_prune_ms=seen_prune_ms, next_seq=next_seq,
                          timer_ms=timer_ms)
     return pickle.loads(value)
+
+
+def expired_status(n, at: int, sent, in_flight) -> bytes:
+    """The status of a record dropped at the gate as expired, by its `sent` marker."""
+    mark = marker(n)
+    if mark in sent:
+        status = Status.of(n, states.DELIVERED, at, detail=ACCEPTED_BEFORE_RESTART)
+    else:
+        status = Status.of(n, states.EXPIRED, at, detail="dropped at the gate: expired" + (
+            EXPIRED_IN_FLIGHT if mark in in_flight else ""))
+    return keyed_payload(n.id, status.to_json())
 
 
 class GateFunction(KeyedProcessFunction):
@@ -367,6 +381,9 @@ class GateFunction(KeyedProcessFunction):
             holds[user] = (partition, decision.hold_ms)
         for n, reason in decision.dropped:
             self.drops[reason] += 1
+            if reason == states.EXPIRED:  # its status once the batch's markers are read
+                out.append((EXPIRED_DROP, (n, at)))
+                continue
             out.append((STATUS_TAG, keyed_payload(n.id, Status.of(
                 n, reason, at, detail=f"dropped at the gate: {reason}").to_json())))
         for first, last in decision.skipped:
@@ -385,7 +402,16 @@ class GateFunction(KeyedProcessFunction):
         self._keep_timer(deadlines, before, ctx)
 
     def _emit(self, out: list):
-        """Emit the gate's side outputs (and count its drops); return what it released."""
+        """Emit the gate's side outputs (and count its drops); return what it released.
+
+        An expired record is checked against its `sent` marker first (one Redis read for the
+        batch's, only when it has some): after a restore, the records since the checkpoint
+        come again, and one a provider accepted before the crash that has expired since stays
+        ``delivered``, as its first status said, instead of being reported ``expired``."""
+        expired = [value[0] for tag, value in out if tag is EXPIRED_DROP]
+        sent, in_flight = self.calls.markers.sent(expired) if expired else ((), ())
+        if sent:
+            self.drops[states.EXPIRED] -= len(sent)
         if self.drops:
             self.metrics.add(metric_counts(self.drops))
             self.drops.clear()
@@ -393,9 +419,11 @@ class GateFunction(KeyedProcessFunction):
         for tag, value in out:
             if tag is None:
                 released.append(value)
-            else:
-                self.pause()
-                yield tag, value
+                continue
+            if tag is EXPIRED_DROP:
+                tag, value = STATUS_TAG, expired_status(*value, sent, in_flight)
+            self.pause()
+            yield tag, value
         return released
 
     def _keep_timer(self, deadlines: dict, before: int | None, ctx) -> None:

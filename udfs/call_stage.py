@@ -105,6 +105,9 @@ from udfs.transport import make_transport
 
 ACCEPTED_BEFORE_RESTART = "accepted by the provider before a restart (sent marker); not sent again"
 RESENT_AFTER_CRASH = "in flight at a crash; re-sent (at-least-once for the ambiguous call)"
+# An expired notification whose claim a crash left in flight: never sent again, and its
+# `expired` says the provider may have it.
+EXPIRED_IN_FLIGHT = "; a call in flight at a crash may have reached the provider"
 MAX_WAIT_S = 0.5  # longest single sleep while waiting for tokens (expiry is re-checked after)
 # A call whose new connection was turned away while others to the provider work (the client's
 # ConnectionTurnedAway): not a provider fault. It goes again in the batch's next round, on a
@@ -197,7 +200,7 @@ class BatchCalls:
         begun together must not share a user: chains (per-user order) are per batch."""
         out = StageOutput()
         at = clock_ms()
-        tasks, marks = [], set()
+        tasks, marks, expired = [], set(), []
         for i, item in enumerate(batch):
             task = item if isinstance(item, Task) else Task.fresh(item)
             task.order = i
@@ -205,10 +208,9 @@ class BatchCalls:
             if task.mark in marks:
                 continue  # two copies in one batch (a replayed retry record): one is enough
             marks.add(task.mark)
-            if task.n.is_expired(at):
-                self._expired(task, at, "expired before the provider call", out)
-            else:
-                tasks.append(task)
+            (expired if task.n.is_expired(at) else tasks).append(task)
+        if expired:
+            self._expired_before_call(expired, at, out)
         lookups = BatchLookups()
         s = self.settings
         self.pause()
@@ -697,6 +699,20 @@ class BatchCalls:
                                       attempt=task.attempt if attempt is None else attempt,
                                       detail=f"{detail}; next try at {not_before}"))
         out.retries.append((task.n.user_id, encode_retry(task, not_before)))
+
+    def _expired_before_call(self, expired: list[Task], at: int, out: StageOutput) -> None:
+        """Expired before the provider call. One a provider accepted before a restart (its
+        `sent` marker: a replay, or a retry record read again) stays ``delivered``, as its
+        first status said: an ``expired`` after it would deny the delivery."""
+        sent, in_flight = self.markers.sent([t.n for t in expired])
+        for task in expired:
+            if task.mark in sent:
+                out.statuses.append(Status.of(task.n, states.DELIVERED, at,
+                                              channel=task.channel,
+                                              detail=ACCEPTED_BEFORE_RESTART))
+            else:
+                self._expired(task, at, "expired before the provider call" + (
+                    EXPIRED_IN_FLIGHT if task.mark in in_flight else ""), out)
 
     def _expired(self, task: Task, now: int, detail: str, out: StageOutput) -> None:
         out.unclaim.append(task.mark)

@@ -145,6 +145,29 @@ class SentMarkers:
         crashed = {m for m, f in zip(marks, found) if f == IN_FLIGHT_AT_CRASH}
         return already, crashed
 
+    def sent(self, notes: list) -> tuple[set[str], set[str]]:
+        """Read only, for notifications that will not be sent (expired): the markers of those
+        a provider accepted before (sent), and of those a crash left in flight (the provider
+        may have them). After a restore, a record delivered before the crash and replayed past
+        its expiry must not be reported ``expired`` as if it never went. Settles that wait are
+        sent first (one round trip more only then)."""
+        if not notes:
+            return set(), set()
+        self.flush()
+        marks = [marker(n) for n in notes]
+        keys = [MARKER.format(m) for m in marks]
+        legacy = []
+        if time.time_ns() // 1_000_000 < self.old_keys_until:
+            legacy = [(i, LEGACY.format(n.id)) for i, n in enumerate(notes)
+                      if n.created_at < self.old_keys_before]
+        values = self.client.mget(keys + [k for _, k in legacy])
+        found = values[:len(keys)]
+        for (i, _), value in zip(legacy, values[len(keys):]):
+            if found[i] is None:
+                found[i] = value
+        return ({m for m, v in zip(marks, found) if v == DONE},
+                {m for m, v in zip(marks, found) if v == CLAIMED})
+
     def _claim_with(self, lookups, args: list) -> bytes:
         """The claim script in one pipeline with the lookups' reads and the settles that
         waited (first: an id released there may be claimed again here). EVALSHA is queued by
