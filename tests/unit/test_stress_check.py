@@ -59,3 +59,22 @@ def test_an_expired_call_left_in_flight_by_a_crash_is_excused_only_when_reported
     assert counts(run, restarts=True)[0] == {"unreported_delivery": 1}
     run.statuses[-1]["detail"] += "; a call in flight at a crash may have reached the provider"
     assert counts(run, restarts=True)[0] == {}
+
+
+def test_a_late_seq_after_a_reported_gap_is_in_order_only_if_it_came_gap_timeout_late():
+    run = Run()
+    first, second, third = (run.note(A, f"s{i}", seq=i) for i in (1, 2, 3))
+    run.delivered(second, T0 + 100)
+    run.status(second, "accepted", T0 + 90, detail="seq gap 1..1 not received within 2000 ms;"
+                                                   " moved on")
+    run.delivered(third, T0 + 3_400)
+    run.delivered(first, T0 + 3_500)
+    assert counts(run, restarts=False)[0] == {"out_of_order": 2}  # all produced together
+    # In the log 3 s after seq 2, the record the gate moved on with: the gap was real, and
+    # seq 3, produced with the late seq 1, may go before it too.
+    first.produced_ms = [T0 + 3_000]
+    third.produced_ms = [T0 + 2_999]
+    found, info = counts(run, restarts=False)
+    assert found == {} and info["late_after_a_reported_seq_gap"] == 2
+    run.statuses = [e for e in run.statuses if e["state"] != "accepted"]  # not reported
+    assert counts(run, restarts=False)[0] == {"out_of_order": 2}
