@@ -68,11 +68,15 @@ PROVIDER_FAULTS = {
     "provider_slow": ("slow", {"latency_ms": 2_000}),
     "provider_429": ("throttling", {"quota_rps": 20}),
 }
-OUTAGE_S = 10.0  # a provider outage lasts this long whatever the size (issue 15.4)
-CRASHES = ("job_kill", "taskmanager_kill", "redis_kill")
-SCENARIOS = ("job_kill", "taskmanager_kill", "redis_kill", "kafka_kill", *PROVIDER_FAULTS)
 # CI's shorter way through the provider faults: all four one after the other in one run.
 PROVIDER_PHASES = "provider_phases"
+# Issue 15.2's fault, bench/connection_faults.py's scenario(): critical only, no seq, no
+# expiry, one FCM mock capping a client's connections at 8 for 10 s.
+CONNECTION_CAP = "connection_cap"
+OUTAGE_S = 10.0  # a provider outage lasts this long whatever the size (issue 15.4)
+CRASHES = ("job_kill", "taskmanager_kill", "redis_kill")
+SCENARIOS = ("job_kill", "taskmanager_kill", "redis_kill", "kafka_kill", *PROVIDER_FAULTS,
+             CONNECTION_CAP)
 
 
 @dataclass(frozen=True)
@@ -105,7 +109,11 @@ class Fault:
 def draw(seed: int, run: str, size: Size) -> tuple[Scenario, set]:
     """The backlog (two seconds of production) and the probes, as one scenario; the probes'
     keys."""
-    backlog = make_scenario(seed, run, size.backlog, 2.0, tenants=3, users=size.users,
+    # Produced at about 2,000 records/s (what the test's producer keeps up with beside the
+    # job on two cores): a producer lagging its schedule would stretch a stream's seqs apart
+    # in the log beyond gap_timeout_ms, where the contract lets the gate move on.
+    backlog = make_scenario(seed, run, size.backlog, max(2.0, size.backlog / 2_000),
+                            tenants=3, users=size.users,
                             lives=(88, 9, 3), promotional=0.8, replays=0.15)
     probes = make_scenario(seed + 1, f"{run}p", int(size.probe_rate * size.probe_s),
                            size.probe_s, tenants=1, users=size.probe_users, lives=(1, 0, 0),
@@ -273,8 +281,8 @@ class Producer(threading.Thread):
         # Retries without end and reconnects at most a second apart: a broker restarted
         # mid-run takes what was produced meanwhile, in order (idempotent producer).
         self.producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all",
-                                      linger_ms=2, reconnect_backoff_max_ms=1_000,
-                                      max_in_flight_requests_per_connection=1,
+                                      linger_ms=5, batch_size=262_144,
+                                      reconnect_backoff_max_ms=1_000,
                                       delivery_timeout_ms=600_000, max_block_ms=600_000)
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
@@ -300,8 +308,8 @@ class Producer(threading.Thread):
                 note.produced_ms.append(t)
                 topic = (self.settings.topic_critical if note.klass == "critical"
                          else self.settings.topic_promo)
-                pending.append(self.producer.send(topic, key=note.user.encode(),
-                                                  value=orjson.dumps(note.record)))
+                pending.append((note, self.producer.send(topic, key=note.user.encode(),
+                                                         value=orjson.dumps(note.record))))
             self._flush(pending)
             self.done_at = time.monotonic()
         except BaseException as exc:  # noqa: BLE001 - re-raised by the main thread
@@ -309,8 +317,9 @@ class Producer(threading.Thread):
 
     def _flush(self, pending: list) -> None:
         self.producer.flush()
-        for future in pending:
-            future.get(timeout=0)  # raises if a record was not written: the run is void
+        for note, future in pending:
+            # raises if a record was not written: the run is void
+            note.logged_ms.append(future.get(timeout=0).timestamp)
         pending.clear()
 
     def close(self) -> None:
@@ -572,6 +581,34 @@ def summary(values: list) -> dict:
     return {"n": len(values), "p50_ms": pct(values, 0.5), "p99_ms": pct(values, 0.99)}
 
 
+def connection_cap_row(base, size: Size) -> dict:
+    """bench/connection_faults.py's scenario (adaptive concurrency, the code as it is) as a
+    row: a burst that makes the run ``size.backlog`` notifications with 300/s for the cap's
+    10 s and 10 s after. It checks loss and repeats at the mock, not order or expiry (its
+    records have neither seq nor a near expiry)."""
+    from bench.connection_faults import scenario
+    rate, fault_s, after_s = 300, 10.0, 10.0
+    r = scenario(base, adaptive=True, burst=max(0, size.backlog - int(rate * (fault_s + after_s))),
+                 rate=rate, fault_s=fault_s, after_s=after_s)
+    return {"scenario": CONNECTION_CAP, "seed": None, "run": r["run"],
+            "notifications": r["notifications"], "backlog": r["burst"], "probes": 0,
+            "lost": r["lost"], "duplicated_beyond_in_flight": r["duplicated"],
+            "resent_in_flight": 0, "reported_in_flight": 0, "in_flight_bound": 0,
+            "out_of_order": None, "delivered_after_expiry": None, "other_violations": {},
+            "delivered": r["notifications"] - r["lost"], "expired": 0, "failed": 0,
+            "drain_s": r["drained_in_s"], "fault_s": fault_s, "fault_at_s": 0.0,
+            "recover_s": r["time_to_full_rate_s"], "critical_before": {"n": 0},
+            "critical_during": summary_of(r["critical_during_fault"]),
+            "critical_after": summary_of(r["critical_after_fault"]),
+            "fault": {"connections_reset": r["connections_reset"],
+                      "retrying_events": r["retrying_events"],
+                      "recover": "seconds from the cap's end to full rate"}, "info": r}
+
+
+def summary_of(s: dict) -> dict:
+    return {"n": s["n"], "p50_ms": s["p50_ms"], "p99_ms": s["p99_ms"]}
+
+
 # ---------------------------------------------------------------------------- bench CLI
 
 def main(argv: list[str] | None = None) -> int:
@@ -606,9 +643,12 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "taskmanager_kill":
                 cluster_started = not shared.jobmanager.running()
                 shared.start_flink_cluster()
-            result = run_fault(kind, base, tmp / "run", size, args.seed,
-                               cluster=shared, private=private,
-                               progress=lambda m: print(m, flush=True))
+            if kind == CONNECTION_CAP:
+                result = {"row": connection_cap_row(base, size), "report": None}
+            else:
+                result = run_fault(kind, base, tmp / "run", size, args.seed,
+                                   cluster=shared, private=private,
+                                   progress=lambda m: print(m, flush=True))
         finally:
             if private is not None:
                 private.stop()
@@ -616,7 +656,8 @@ def main(argv: list[str] | None = None) -> int:
                 shared.taskmanager.stop()
                 shared.jobmanager.stop()
         row = result["row"]
-        print(result["report"].summary(), flush=True)
+        if result["report"] is not None:
+            print(result["report"].summary(), flush=True)
         print(json.dumps({k: v for k, v in row.items() if k not in ("info", "examples")},
                          default=str), flush=True)
         bad = row["lost"] or row["out_of_order"] or row["delivered_after_expiry"] or \
@@ -637,6 +678,9 @@ def write(doc: dict) -> None:
     (RESULTS / "stress.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     m = doc["machine"]
 
+    def nc(v) -> str:
+        return "n/c" if v is None else str(v)
+
     def lat(s: dict) -> str:
         return "-" if not s["n"] else f"{s['p50_ms']:,} / {s['p99_ms']:,}"
 
@@ -649,7 +693,7 @@ def write(doc: dict) -> None:
         other = ", ".join(f"{k} {v}" for k, v in r["other_violations"].items()) or "0"
         rows.append(
             f"| {r['scenario']} | {r['notifications']:,} | {r['lost']} | {dup} | "
-            f"{r['out_of_order']} | {r['delivered_after_expiry']} | {other} | "
+            f"{nc(r['out_of_order'])} | {nc(r['delivered_after_expiry'])} | {other} | "
             f"{r['delivered']:,} / {r['expired']:,} / {r['failed']:,} | "
             f"{r['fault_at_s']} + {r['fault_s']} | {r['drain_s']} | "
             f"{lat(r['critical_before'])} | {lat(r['critical_during'])} | "

@@ -13,11 +13,11 @@ broker that are killed are the module's own (the shared ones serve other tests m
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
-from bench.stress import (CRASHES, PROVIDER_PHASES, SMALL, PrivateStack, in_flight_bound,
-                          run_fault)
+from bench.stress import CRASHES, PROVIDER_PHASES, SMALL, PrivateStack, run_fault
 
 SEED = 20261207
 
@@ -44,7 +44,10 @@ def judged(result: dict, kind: str) -> dict:
     # Every promise held.
     assert report.total == 0, report.summary()
     assert row["lost"] == row["out_of_order"] == row["delivered_after_expiry"] == 0
-    if kind in CRASHES:
+    if kind in CRASHES or kind == "kafka_kill":
+        # What a crash can leave claimed and unsettled: (send_parts_ahead + 2) parts of
+        # send_part_records per class's gate (64 at this size, so the bound is not vacuous).
+        assert row["in_flight_bound"] == 2 * 3 * 64
         assert row["reported_in_flight"] <= row["in_flight_bound"], row
     return row
 
@@ -67,7 +70,8 @@ def test_taskmanager_killed_during_a_backlog(cluster, base_settings, tmp_path):
 def test_redis_killed_and_restarted_from_its_aof(private, base_settings, tmp_path):
     row = judged(run_fault("redis_kill", base_settings, tmp_path, SMALL, SEED + 2,
                            private=private), "redis_kill")
-    assert row["reported_in_flight"] <= in_flight_bound(private.on(base_settings))
+    # The job failed on Redis and came back by itself from its checkpoint.
+    assert row["fault"]["job"]["restarts"] >= 1, row["fault"]
 
 
 def test_kafka_broker_killed_and_restarted(private, base_settings, tmp_path):
@@ -76,7 +80,7 @@ def test_kafka_broker_killed_and_restarted(private, base_settings, tmp_path):
 
 
 def test_providers_down_failing_slow_and_throttling(stack, base_settings, tmp_path):
-    size = SMALL.__class__(**{**SMALL.__dict__, "probe_s": 50.0})
+    size = replace(SMALL, probe_s=50.0)  # the probes go on through all four phases
     result = run_fault(PROVIDER_PHASES, base_settings, tmp_path, size, SEED + 4)
     row = judged(result, PROVIDER_PHASES)
     assert [p[0] for p in row["fault"]["phases"]] == [
