@@ -46,6 +46,8 @@ FROM_SECOND = 5
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "base": ({}, {}),
     "c1-only": ({}, {"JVM_ARGS": "-XX:TieredStopAtLevel=1"}),
+    # the expansion job started at the same moment, as latency_campaign's runs do
+    "beside-expansion": ({"expansion_rest_port": 0}, {}),
 }
 
 
@@ -93,6 +95,9 @@ def one_run(variant: str, rate: float, seconds: float) -> dict:
         started = now_ms()
         proc = start_system([sys.executable, "-m", "jobs.delivery"], settings,
                             work / "delivery.log", extra_env=VARIANTS[variant][1])
+        beside = (start_system([sys.executable, "-m", "jobs.expansion"], settings,
+                               work / "expansion.log") if variant == "beside-expansion"
+                  else None)
         try:
             running = wait_running(port, proc)
             n = int(rate * seconds)
@@ -103,6 +108,8 @@ def one_run(variant: str, rate: float, seconds: float) -> dict:
             load_after = round(os.getloadavg()[0], 2)
         finally:
             stop_system(proc)
+            if beside is not None:
+                stop_system(beside)
             drop_topics(settings.kafka_bootstrap, prefix)
         records = [r for r in mock.records() if r.get("result") == "accepted"]
     by_second: dict[int, list[int]] = {}
