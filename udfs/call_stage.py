@@ -468,8 +468,11 @@ class BatchCalls:
             task.adapter = self.registry.for_channel(task.channel, contacts.platform)
             task.request = task.adapter.build_request(task.message or task.n, contacts,
                                                       self.settings, now_ms=now)
-            # never written so late that it could reach the provider at or after expires_at
+            # never written so late that it could reach the provider at or after expires_at;
+            # its answer awaited until expires_at (so a user's next call is written no sooner
+            # than the trip after it, and an OK answer in time is `delivered`)
             task.request.deadline = task.n.expires_at - self.settings.provider_write_margin_ms
+            task.request.answer_by = task.n.expires_at
             return True
         except MissingContactError as exc:
             failure, detail = policy.MISSING_CONTACT, str(exc)

@@ -145,9 +145,12 @@ class _H2Connection(asyncio.Protocol):
     # -- one request
 
     async def request(self, req: ProviderRequest, path: str, timeout_s: float,
-                      expires: float = NO_DEADLINE) -> Response:
-        """One stream; ``expires``: the request's deadline on the loop's clock."""
+                      expires: float = NO_DEADLINE, answer_by: float | None = None) -> Response:
+        """One stream; ``expires``: the request's deadline on the loop's clock, ``answer_by``
+        when its answer is awaited until at most (default: ``expires``)."""
         loop = asyncio.get_running_loop()
+        if answer_by is None:
+            answer_by = expires
         while self.usable and len(self.streams) >= self.conn.remote_settings.max_concurrent_streams:
             self.slot.clear()
             if expires == NO_DEADLINE:
@@ -174,9 +177,9 @@ class _H2Connection(asyncio.Protocol):
         if req.body:
             self._send_body(sid, req.body)
         self.transport.write(self.conn.data_to_send())
-        wait, cut = timeout_s, expires - now < timeout_s  # awaited until the deadline at most
+        wait, cut = timeout_s, answer_by - now < timeout_s  # awaited until answer_by at most
         if cut:
-            wait = expires - now
+            wait = answer_by - now
         try:
             return await asyncio.wait_for(stream.future, wait)
         except asyncio.TimeoutError:
@@ -272,17 +275,19 @@ class H2Client:
         if scheme not in ("http", "https") or not parts.hostname:
             raise UnsupportedRequest(f"not an http(s) URL: {req.url!r}")
         port = parts.port or (443 if scheme == "https" else 80)
-        expires = NO_DEADLINE
+        expires = answer_by = NO_DEADLINE
         if req.deadline is not None:
             loop = asyncio.get_running_loop()
-            expires = loop_deadline(loop, req.deadline)
+            expires = answer_by = loop_deadline(loop, req.deadline)
             if expires <= loop.time():
                 raise deadline_passed(BEFORE_WRITE)
+        if req.answer_by is not None:
+            answer_by = loop_deadline(asyncio.get_running_loop(), req.answer_by)
         conn = self._conns.get((scheme, parts.hostname, port))
         if conn is None or not conn.usable or conn.transport is None:
             conn = await self._connection_by(scheme, parts.hostname, port, expires)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        return await conn.request(req, path, self.timeout_s, expires)
+        return await conn.request(req, path, self.timeout_s, expires, answer_by)
 
     async def _connection_by(self, scheme: str, host: str, port: int,
                              expires: float) -> _H2Connection:

@@ -17,8 +17,8 @@ UDF, a Flink function's ``process_element``). HTTP/1.1 only: a ``ProviderRequest
 A request's ``deadline`` (the notification's ``expires_at``) is checked right before every
 write, wherever the request waited (behind its chain, for a free connection, for a connection
 to open): at or after it the request is answered ``DeadlinePassed`` and never written. A
-written request's wait for its answer ends at the deadline if that comes before ``timeout_s``
-(``DeadlineTimeout``).
+written request's wait for its answer ends at the deadline (or the request's ``answer_by``)
+if that comes before ``timeout_s`` (``DeadlineTimeout``).
 """
 from __future__ import annotations
 
@@ -134,17 +134,20 @@ _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _TRAILERS, _UNTIL_CLOSE = range(6)
 
 class _Exchange:
     """One request on its way: the bytes to write, whom to tell about the answer, and its
-    deadline on the loop's clock (``expires``; ``inf``: none)."""
-    __slots__ = ("data", "callback", "tag", "no_body", "pool", "expires")
+    deadline on the loop's clock (``expires``; ``inf``: none), and when its answer is awaited
+    until at most (``answer_by``: the request's ``answer_by``, else ``expires``)."""
+    __slots__ = ("data", "callback", "tag", "no_body", "pool", "expires", "answer_by")
 
     def __init__(self, data: bytes, callback: Callable[[Any, Any], None], tag: Any,
-                 no_body: bool, pool: "_Pool", expires: float = NO_DEADLINE):
+                 no_body: bool, pool: "_Pool", expires: float = NO_DEADLINE,
+                 answer_by: float | None = None):
         self.data = data
         self.callback = callback
         self.tag = tag
         self.no_body = no_body
         self.pool = pool
         self.expires = expires
+        self.answer_by = expires if answer_by is None else answer_by
 
 
 class _Connection(asyncio.Protocol):
@@ -208,8 +211,8 @@ class _Connection(asyncio.Protocol):
         self.state = _HEAD
         client = self.pool.client
         deadline = now + client.timeout_s
-        if ex.expires < deadline:  # the answer is awaited until expires_at, no longer
-            deadline = ex.expires
+        if ex.answer_by < deadline:  # the answer is awaited until expires_at, no longer
+            deadline = ex.answer_by
         if deadline < client._sweep_at:
             client.wake_by(deadline)
         self.deadline = deadline
@@ -353,7 +356,7 @@ class _Connection(asyncio.Protocol):
 
     def timed_out(self) -> None:
         ex = self.ex
-        if ex is not None and ex.expires <= self.deadline:
+        if ex is not None and ex.answer_by <= self.deadline:
             self._fail(DeadlineTimeout("written; no answer before its deadline"))
         else:
             if self.pool.limiter is not None:
@@ -704,7 +707,9 @@ class HttpClient:
         data = b"%s%sContent-Length: %d\r\n\r\n%s" % (head, hbytes, len(body), body)
         deadline = req.deadline
         expires = NO_DEADLINE if deadline is None else deadline * 0.001 + self._loop_minus_wall
-        pool.submit(_Exchange(data, callback, tag, no_body, pool, expires))
+        answer_by = (None if req.answer_by is None
+                     else req.answer_by * 0.001 + self._loop_minus_wall)
+        pool.submit(_Exchange(data, callback, tag, no_body, pool, expires, answer_by))
         if self._sweeper is None:
             self._sweep_at = self.loop.time() + self._tick
             self._sweeper = self.loop.call_at(self._sweep_at, self._sweep)

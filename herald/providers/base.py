@@ -43,14 +43,17 @@ OK, THROTTLED, RETRYABLE, PERMANENT = Kind.OK, Kind.THROTTLED, Kind.RETRYABLE, K
 @dataclass(slots=True)  # made per call: not frozen, as herald.models says why
 class ProviderRequest:
     """One HTTP call, ready for any client. ``http2`` is set where the provider requires it.
-    ``deadline`` (epoch ms, the notification's ``expires_at``; None: none): the clients never
-    write the request at or after it, and stop waiting for its answer there."""
+    ``deadline`` (epoch ms; None: none): the clients never write the request at or after it,
+    and stop waiting for its answer there, or at ``answer_by`` (epoch ms) when that is set:
+    the call stage writes no later than the trip before ``expires_at`` and awaits the answer
+    until ``expires_at``."""
     method: str
     url: str
     headers: Mapping[str, str]
     body: bytes
     http2: bool = False
     deadline: int | None = None
+    answer_by: int | None = None
 
 
 @dataclass(slots=True)  # made per call: not frozen, as herald.models says why
