@@ -13,6 +13,9 @@ from herald.settings import PROJECT_ROOT, Settings
 from herald_stack.processes import Managed, StackError, port_open, wait_until
 
 HERE = Path(__file__).resolve().parent
+# Every topic's record times are its append times: the gate's seq holds run on the log's clock
+# (docs/CONTRACT.md), which a producer's own times do not keep in log order.
+TOPIC_CONFIGS = {"message.timestamp.type": "LogAppendTime"}
 PYFLINK_HOME = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" \
     / "site-packages" / "pyflink"
 
@@ -98,7 +101,8 @@ class Stack:
         self.create_topics()
 
     def create_topics(self, names: list[str] | None = None, partitions: int | None = None) -> None:
-        """Create the contract's topics (or the given ones); existing topics are left alone."""
+        """Create the contract's topics (or the given ones) with TOPIC_CONFIGS; existing topics
+        are left alone."""
         from kafka.admin import KafkaAdminClient, NewTopic
         from kafka.errors import TopicAlreadyExistsError
 
@@ -108,8 +112,8 @@ class Stack:
         admin = KafkaAdminClient(bootstrap_servers=self.s.kafka_bootstrap, client_id="herald-stack")
         try:
             existing = set(admin.list_topics())
-            new = [NewTopic(n, partitions or self.s.kafka_partitions, 1) for n in names
-                   if n not in existing]
+            new = [NewTopic(n, partitions or self.s.kafka_partitions, 1,
+                            topic_configs=dict(TOPIC_CONFIGS)) for n in names if n not in existing]
             if new:
                 try:
                     admin.create_topics(new)
