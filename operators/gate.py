@@ -143,6 +143,7 @@ class GateFunction(KeyedProcessFunction):
         self.idle_ms = 0  # time this instance has spent waiting for input, in all
         self.idle_since: int | None = None  # waiting for input since (None: at work)
         self.turn = self.pause = None  # operators/threads.py: critical first in the interpreter
+        self.log_ends = None  # udfs/log_ends.py: has a partition more to read?
         self.drops = Counter()  # this batch's drops by reason, and dead letters: for metrics
 
     def open(self, runtime_context: RuntimeContext):
@@ -160,7 +161,10 @@ class GateFunction(KeyedProcessFunction):
         run_at_class_priority(s, self.priority)
         self.turn, self.pause = class_turns(s, self.priority)
         from udfs.call_stage import make_call_stage
+        from udfs.log_ends import LogEnds
         self.calls = make_call_stage(s, self.priority, pause=self.pause)
+        self.log_ends = LogEnds(s.kafka_bootstrap, s.topic_critical
+                                if self.priority == states.CRITICAL else s.topic_promo)
         # States kept under a bare user id (before the tenant scope) expire by this time.
         self.migrate_until = (self.calls.markers.old_keys_before + s.dedup_ttl_ms
                               + s.critical_default_ttl_ms)
@@ -168,6 +172,8 @@ class GateFunction(KeyedProcessFunction):
     def close(self):
         if self.calls is not None:
             self.calls.close()
+        if self.log_ends is not None:
+            self.log_ends.close()
 
     def process_element(self, row, ctx: KeyedProcessFunction.Context):
         with self.turn():
@@ -300,28 +306,35 @@ class GateFunction(KeyedProcessFunction):
         t = record.get("t", at)
         known = self.clocks.get(record["p"])
         if known is None:
-            known = self.clocks[record["p"]] = [t, self.idle_ms]
+            known = self.clocks[record["p"]] = [t, self.idle_ms, 0]
         else:
             if t > known[0]:
                 known[0] = t
-            known[1] = self.idle_ms
+            known[1], known[2] = self.idle_ms, 0  # a record read: the log's own time again
         return known[0]
 
     def _log_clock(self, partition: int | None, at: int, hold_ms: int | None = None) -> int:
         """The log's clock of ``partition`` now: its newest record timestamp, run on by the
         time the gate has waited for input since (so an idle partition's holds still end).
         Time at work does not count: behind the log, its next records may be queued right
-        behind the batch just handled; a gate that waits for input has been given all that
-        was read. A partition not read since a restore starts from its hold's arrival, as if
-        read at the first look. Without a partition (a hold an earlier version stored), the
-        wall clock."""
-        known = self.clocks.get(partition)
+        behind the batch just handled. Nor does a wait while the log holds records newer than
+        the newest read (udfs/log_ends.py): the source was not giving them (a broker down, a
+        restart, a backlog fetched a partition at a time), and a hold given up then would skip
+        a predecessor that is in the log within gap_timeout_ms. A partition not read since a
+        restore starts from its hold's arrival, as if read at the first look. Without a
+        partition (a hold an earlier version stored), the wall clock."""
+        known = self.clocks.get(partition)  # [newest read, idle mark, waits counted since]
         if known is None:
             if partition is None or hold_ms is None:
                 return at
             known = self.clocks[partition] = [hold_ms - self.gate.gap_timeout_ms,
-                                              self._idle_now(at)]
-        return known[0] + max(0, self._idle_now(at) - known[1])
+                                              self._idle_now(at), 0]
+        idle = self._idle_now(at)
+        if idle > known[1]:
+            if not self.log_ends.newer_than(partition, known[0]):
+                known[2] += idle - known[1]  # waited with all read: the log's time ran on
+            known[1] = idle  # else that wait was for records not read yet: it does not count
+        return known[0] + known[2]
 
     def _load(self, shard: int, user: str):
         """A user's state: from the cache, else from keyed state (None when there is none)."""
