@@ -1,7 +1,7 @@
 """APNs: HTTP/2 ``POST {apns_url}/3/device/{token}`` with an ES256 provider token (JWT).
 
-Headers: ``apns-id`` is a uuid5 of Herald's id, so a retried send carries the same id and
-Apple's answers and logs line up with ours; ``apns-expiration`` is ``expires_at`` in whole
+Headers: ``apns-id`` is a uuid5 of the tenant and Herald's id, so a retried send carries the
+same id and Apple's answers and logs line up with ours; ``apns-expiration`` is ``expires_at`` in whole
 seconds (floored, so never later than Herald's own deadline); ``apns-priority`` is 10 for
 critical, 5 for promotional. The payload carries Herald's id as the custom key ``herald_id``.
 
@@ -80,9 +80,10 @@ APNS_REASONS: dict[str, Rule] = {
 }
 
 
-def apns_id_for(herald_id: str) -> str:
-    """The ``apns-id`` Herald sends for a notification: the same on every attempt."""
-    return str(uuid.uuid5(APNS_ID_NAMESPACE, herald_id))
+def apns_id_for(tenant_id: str, herald_id: str) -> str:
+    """The ``apns-id`` Herald sends for a notification: the same on every attempt, and apart
+    for two tenants' notifications of the same id (ids are the tenants' own)."""
+    return str(uuid.uuid5(APNS_ID_NAMESPACE, f"{tenant_id}\x1f{herald_id}"))
 
 
 def _b64url(data: bytes) -> str:
@@ -182,7 +183,7 @@ class ApnsAdapter(ProviderAdapter):
             "apns-push-type": "alert",
             "apns-priority": "10" if notification.priority == states.CRITICAL else "5",
             "apns-expiration": str(max(0, notification.expires_at // 1000)),
-            "apns-id": apns_id_for(notification.id),
+            "apns-id": apns_id_for(notification.tenant_id, notification.id),
             "apns-topic": settings.apns_topic,
             "content-type": "application/json",
         }

@@ -103,7 +103,7 @@ def test_accepts_the_adapters_request_and_logs_the_herald_id(h):
     assert now - 10_000 < record["t_ms"] <= now
     assert h.mock.log("rejected") == []
     if h.name == "apns":
-        assert record["apns_id"] == apns_id_for(n.id)
+        assert record["apns_id"] == apns_id_for(n.tenant_id, n.id)
         assert record["apns_priority"] == "10"
 
 

@@ -60,7 +60,7 @@ def test_ios_push_goes_to_apns_over_http2(mocks, make_stage):
     assert {s.provider for s in out.statuses} == {"apns"}
     log = {r["herald_id"]: r for r in apns.log()}
     assert set(log) == {n.id for n in batch}
-    assert all(log[n.id]["apns_id"] == apns_id_for(n.id) for n in batch)
+    assert all(log[n.id]["apns_id"] == apns_id_for(n.tenant_id, n.id) for n in batch)
     assert {r["apns_priority"] for r in log.values()} == {"10"}
 
 

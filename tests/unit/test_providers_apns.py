@@ -54,7 +54,7 @@ def test_request_matches_the_documented_example():
     assert req.url == "https://api.sandbox.push.apple.com" + DOC_EXAMPLE[":path"]
     for name in ("apns-push-type", "apns-priority", "apns-topic"):
         assert req.headers[name] == DOC_EXAMPLE[name]
-    assert req.headers["apns-id"] == apns_id_for("ntf-doc")
+    assert req.headers["apns-id"] == apns_id_for(n.tenant_id, "ntf-doc")
     assert req.headers["apns-expiration"] == str((NOW_MS + 30_000) // 1000)
     payload = orjson.loads(req.body)
     assert payload["aps"] == DOC_EXAMPLE["payload"]["aps"]
@@ -113,11 +113,13 @@ def test_bad_or_missing_keys_fail_loudly():
     assert ApnsAdapter().build_request(n, n.to, local).headers["authorization"]
 
 
-def test_apns_id_is_a_stable_uuid5_of_the_herald_id():
-    assert apns_id_for("ntf-1") == apns_id_for("ntf-1") != apns_id_for("ntf-2")
-    assert uuid.UUID(apns_id_for("ntf-1")).version == 5
+def test_apns_id_is_a_stable_uuid5_of_the_tenant_and_herald_id():
+    assert apns_id_for("acme", "ntf-1") == apns_id_for("acme", "ntf-1")
+    assert apns_id_for("acme", "ntf-1") != apns_id_for("acme", "ntf-2")
+    assert apns_id_for("acme", "ntf-1") != apns_id_for("globex", "ntf-1")  # ids are per tenant
+    assert uuid.UUID(apns_id_for("acme", "ntf-1")).version == 5
     # pinned: a changed namespace would break the mapping of every apns-id ever sent
-    assert apns_id_for("ntf-1") == "d7230b92-8b70-5478-b05f-6d893b74a8e1"
+    assert apns_id_for("acme", "ntf-1") == "b54a084a-979d-5bf7-93ce-889f0031567e"
 
 
 def test_promotional_priority_expiration_and_custom_data():
