@@ -94,7 +94,7 @@ from herald.retry import Attempt, ExponentialBackoffRetry, FallbackPolicy, TimeL
 from herald.quiet_hours import utc_iso
 from herald.settings import Settings
 from herald.templates import TemplateCache, TemplateError
-from udfs.http_client import (BEHIND_CHAIN, CONNECTING, IN_QUEUE, ChainHalted,
+from udfs.http_client import (BEHIND_CHAIN, BODY_HELD, CONNECTING, IN_QUEUE, ChainHalted,
                               ConnectionTurnedAway, DeadlineTimeout, HttpClientError,
                               PastDeadline)
 from udfs.lookups import BatchLookups, cancelled_campaigns
@@ -132,6 +132,7 @@ NOT_WRITTEN = {
     BEHIND_CHAIN: "expired while waiting behind an earlier call of the same user",
     IN_QUEUE: "expired while waiting for a free connection to {}",
     CONNECTING: "expired while a connection to {} was being opened",
+    BODY_HELD: "expired while {}'s flow control held the request's body (never completed)",
 }
 NOT_WRITTEN_OTHER = "expired before the request to {} could be written"
 

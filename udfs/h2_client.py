@@ -24,10 +24,10 @@ import h2.events
 import h2.exceptions
 
 from herald.providers.base import ProviderRequest
-from udfs.http_client import (BEFORE_WRITE, BEHIND_CHAIN, CONNECTING, IN_QUEUE, NO_DEADLINE,
-                              ChainHalted, ConnectError, ConnectionClosed, DeadlineTimeout,
-                              HttpClientError, ProtocolError, RequestTimeout, Response,
-                              UnsupportedRequest, deadline_passed, loop_deadline)
+from udfs.http_client import (BEFORE_WRITE, BEHIND_CHAIN, BODY_HELD, CONNECTING, IN_QUEUE,
+                              NO_DEADLINE, ChainHalted, ConnectError, ConnectionClosed,
+                              DeadlineTimeout, HttpClientError, ProtocolError, RequestTimeout,
+                              Response, UnsupportedRequest, deadline_passed, loop_deadline)
 
 
 class H2StreamError(HttpClientError):
@@ -53,7 +53,7 @@ class _H2Connection(asyncio.Protocol):
         self.conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.streams: dict[int, _Stream] = {}
-        self.pending: dict[int, bytes] = {}
+        self.pending: dict[int, tuple[bytes, float]] = {}  # stream → (body left, its deadline)
         self.transport: asyncio.Transport | None = None
         self.slot = asyncio.Event()
         self.usable = True  # False after GOAWAY or loss: new streams go to a new connection
@@ -107,9 +107,14 @@ class _H2Connection(asyncio.Protocol):
                         H2StreamError(f"stream reset: {event.error_code!r}"))
                 self.slot.set()
             elif isinstance(event, h2.events.WindowUpdated):
+                now = asyncio.get_running_loop().time()
                 for sid in ([event.stream_id] if event.stream_id else list(self.pending)):
                     if sid in self.pending:
-                        self._send_body(sid, self.pending.pop(sid))
+                        data, expires = self.pending.pop(sid)
+                        if expires <= now:
+                            self._abandon_body(sid)
+                        else:
+                            self._send_body(sid, data, expires)
             elif isinstance(event, h2.events.ConnectionTerminated):
                 # GOAWAY: streams above last_stream_id were not processed (safe to resend);
                 # the others still get their answers. No new streams on this connection.
@@ -132,15 +137,28 @@ class _H2Connection(asyncio.Protocol):
         self.pending.clear()
         self.slot.set()
 
-    def _send_body(self, stream_id: int, data: bytes) -> None:
+    def _send_body(self, stream_id: int, data: bytes, expires: float) -> None:
+        """Write as much of a body as the flow-control windows allow; the rest waits for a
+        WINDOW_UPDATE (and is dropped if that comes at or after ``expires``)."""
         while data:
             window = min(self.conn.local_flow_control_window(stream_id),
                          self.conn.max_outbound_frame_size)
             if window <= 0:
-                self.pending[stream_id] = data
+                self.pending[stream_id] = (data, expires)
                 return
             chunk, data = data[:window], data[window:]
             self.conn.send_data(stream_id, chunk, end_stream=not data)
+
+    def _abandon_body(self, stream_id: int) -> None:
+        """A body held by flow control past its deadline: the stream is reset, never ended, so
+        the provider does not have a whole request at or after the deadline."""
+        stream = self.streams.pop(stream_id, None)
+        try:
+            self.conn.reset_stream(stream_id)
+        except h2.exceptions.H2Error:
+            pass
+        if stream is not None and not stream.future.done():
+            stream.future.set_exception(deadline_passed(BODY_HELD))
 
     # -- one request
 
@@ -175,7 +193,7 @@ class _H2Connection(asyncio.Protocol):
             headers.append(("content-length", str(len(req.body))))
         self.conn.send_headers(sid, headers, end_stream=not req.body)
         if req.body:
-            self._send_body(sid, req.body)
+            self._send_body(sid, req.body, expires)
         self.transport.write(self.conn.data_to_send())
         wait, cut = timeout_s, answer_by - now < timeout_s  # awaited until answer_by at most
         if cut:
@@ -184,13 +202,15 @@ class _H2Connection(asyncio.Protocol):
             return await asyncio.wait_for(stream.future, wait)
         except asyncio.TimeoutError:
             self.streams.pop(sid, None)
-            self.pending.pop(sid, None)
+            held = self.pending.pop(sid, None) is not None  # its body never wholly written
             try:
                 self.conn.reset_stream(sid)
                 if self.transport is not None:
                     self.transport.write(self.conn.data_to_send())
             except h2.exceptions.H2Error:
                 pass
+            if held and cut:
+                raise deadline_passed(BODY_HELD) from None
             if cut:
                 raise DeadlineTimeout("written; no answer before its deadline") from None
             raise RequestTimeout(f"no answer within {timeout_s} s") from None

@@ -91,6 +91,7 @@ BEFORE_WRITE = "write"   # its turn came at or after the deadline (e.g. submitte
 BEHIND_CHAIN = "chain"   # waiting for the answer to an earlier request of the same key
 IN_QUEUE = "queue"       # waiting for a free connection (or HTTP/2 stream)
 CONNECTING = "connect"   # waiting for its connection to open
+BODY_HELD = "body"       # its body held by the provider's HTTP/2 flow control (headers sent)
 
 
 class DeadlinePassed(PastDeadline):
@@ -120,7 +121,9 @@ def deadline_passed(stage: str) -> DeadlinePassed:
     """The answer for a request whose deadline passed at ``stage``, before it was written."""
     what = {BEHIND_CHAIN: "waiting behind an earlier request of the same key",
             IN_QUEUE: "waiting for a free connection",
-            CONNECTING: "waiting for a connection to open"}.get(stage, "before it was written")
+            CONNECTING: "waiting for a connection to open",
+            BODY_HELD: "while the provider's flow control held its body (stream reset)"}.get(
+        stage, "before it was written")
     return DeadlinePassed(f"not sent: its deadline passed {what}", stage)
 
 
