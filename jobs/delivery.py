@@ -136,8 +136,27 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
     statements.attach_as_datastream()
 
 
+def warn_on_producer_times(settings: Settings) -> None:
+    """Say so when an input topic keeps its producers' times: seq holds run on the log's
+    append times (udfs/log_ends.py, docs/CONTRACT.md)."""
+    from udfs.log_ends import on_producer_times
+    topics = [settings.topic_critical if c == states.CRITICAL else settings.topic_promo
+              for c in job_classes(settings)]
+    try:
+        wrong = on_producer_times(settings.kafka_bootstrap, topics)
+    except Exception as exc:  # noqa: BLE001 - the job itself will say what is wrong with Kafka
+        print(f"could not read the input topics' configs: {exc}", file=sys.stderr)
+        return
+    for topic in wrong:
+        print(f"WARNING: topic {topic} has message.timestamp.type=CreateTime; seq order through"
+              f" a producer's retries needs LogAppendTime: kafka-configs.sh --alter --entity-type"
+              f" topics --entity-name {topic} --add-config message.timestamp.type=LogAppendTime",
+              file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     name, settings = job_settings(load_settings())
+    warn_on_producer_times(settings)
     if job_classes(settings) == (states.PROMOTIONAL,):
         # Its own JVM and interpreter, and below critical for the CPU: the MiniCluster's JVM
         # and every thread in it inherit this (operators/threads.py).

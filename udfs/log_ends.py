@@ -72,3 +72,22 @@ class LogEnds:
             except Exception:  # noqa: BLE001 - closing a client of a dead broker
                 pass
             self._consumer = None
+
+
+def on_producer_times(bootstrap: str, topics: list[str]) -> list[str]:
+    """The ``topics`` whose record times are their producers' (``CreateTime``), not the log's
+    append times: there a producer retrying through a broker failure can put a later seq
+    before an earlier one with a later time, and a seq hold would not wait for the earlier one
+    (docs/CONTRACT.md). Topics that do not exist yet are left out."""
+    from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        existing = set(admin.list_topics())
+        asked = [ConfigResource(ConfigResourceType.TOPIC, t) for t in topics if t in existing]
+        if not asked:
+            return []
+        answer = admin.describe_configs(asked, config_filter="all").get("topic", {})
+        return sorted(t for t, entries in answer.items()
+                      if (entries.get("message.timestamp.type") or {}).get("value") == "CreateTime")
+    finally:
+        admin.close()

@@ -44,3 +44,26 @@ def test_an_unreachable_log_cannot_say_and_is_not_asked_again_at_once(stack, tes
         assert ends.looks == 1  # the second answer came from the failed look, not a new one
     finally:
         ends.close()
+
+
+def test_topics_on_producer_times_are_named(stack, test_settings, unique, capsys):
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from jobs.delivery import warn_on_producer_times
+    from udfs.log_ends import on_producer_times
+    created_by_hand = f"t{unique}.by-hand"  # as a user's own tooling creates it: CreateTime
+    admin = KafkaAdminClient(bootstrap_servers=test_settings.kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(created_by_hand, 1, 1)])
+        deadline = time.monotonic() + 30
+        while created_by_hand not in admin.list_topics():  # known to every answer from here
+            assert time.monotonic() < deadline, "the topic was not created"
+    finally:
+        admin.close()
+    ours = test_settings.topic_critical  # created by the stack
+    assert on_producer_times(test_settings.kafka_bootstrap,
+                             [ours, created_by_hand, f"t{unique}.none"]) == [created_by_hand]
+    warn_on_producer_times(test_settings.replace(topic_promo=created_by_hand))
+    err = capsys.readouterr().err
+    assert f"topic {created_by_hand} has message.timestamp.type=CreateTime" in err
+    assert ours not in err
