@@ -11,7 +11,7 @@ import redis
 
 from herald.ratelimit import RedisRateLimiter
 from herald.settings import Settings
-from udfs.quotas import QuotaStore, quota_from_dict
+from udfs.quotas import MAX_RATE, MIN_BURST, MIN_RATE, QuotaStore, quota_from_dict
 
 
 def set_quota(settings: Settings, provider: str, rate_per_s: float, burst: float, *,
@@ -42,8 +42,12 @@ def register(commands) -> None:
     """``quota --provider P --rate R --burst B [--tenant T]``."""
     quota = commands.add_parser("quota", help="change a provider's (or a tenant's) quota now")
     quota.add_argument("--provider", required=True, choices=("fcm", "apns", "twilio", "sendgrid"))
-    quota.add_argument("--rate", type=float, required=True, help="requests per second")
-    quota.add_argument("--burst", type=float, required=True, help="bucket size (requests)")
+    quota.add_argument("--rate", type=float, required=True,
+                       help=f"requests per second ({MIN_RATE:g} to {MAX_RATE:,.0f})")
+    quota.add_argument("--burst", type=float, required=True,
+                       help=f"bucket size in requests ({MIN_BURST:g} to {MAX_RATE:,.0f}: two "
+                            "tokens at least, so a promotional take, kept off the critical "
+                            "reserve, can fit)")
     quota.add_argument("--tenant", default=None, help="a tenant's own bucket at this provider")
     quota.add_argument("--no-control", action="store_true",
                        help="only write Redis; do not put the record on herald.control")

@@ -27,6 +27,8 @@ from herald.settings import Settings
 QUOTA = "quota"
 PROVIDERS = ("fcm", "apns", "twilio", "sendgrid")
 MAX_RATE = 10_000_000.0
+MIN_RATE = 0.001  # requests per second
+MIN_BURST = 2.0   # tokens
 QUOTA_RATE, QUOTA_BURST = "quota_rate", "quota_burst"
 
 
@@ -49,15 +51,15 @@ class QuotaChange:
         return orjson.dumps(self.to_dict())
 
 
-def _number(obj: Mapping, name: str, minimum: float) -> float:
+def _number(obj: Mapping, name: str, minimum: float, why: str = "") -> float:
     value = obj.get(name)
     if value is None:
         raise ValidationError(f"missing required field '{name}'", name, "missing_field")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValidationError(f"'{name}' must be a number, got {value!r}", name)
     if value < minimum or value > MAX_RATE:
-        raise ValidationError(f"'{name}' must be between {minimum:g} and {MAX_RATE:g}, "
-                              f"got {value!r}", name)
+        raise ValidationError(f"'{name}' must be between {minimum:g} and {MAX_RATE:,.0f}, "
+                              f"got {value!r}" + (f" ({why})" if why else ""), name)
     return float(value)
 
 
@@ -77,9 +79,11 @@ def quota_from_dict(obj: Mapping) -> QuotaChange:
     if tenant is not None and (not isinstance(tenant, str) or not tenant.strip()
                                or len(tenant) > 256):
         raise ValidationError("'tenant_id' must be a non-empty string", "tenant_id")
-    rate = _number(obj, "rate_per_s", 0.001)
+    rate = _number(obj, "rate_per_s", MIN_RATE)
     # Two tokens at least, so a promotional take (kept off the critical reserve) can ever fit.
-    burst = _number(obj, "burst", 2)
+    burst = _number(obj, "burst", MIN_BURST,
+                    "a bucket holds 2 tokens at least, so a promotional take, kept off the "
+                    "critical reserve, can ever fit")
     return QuotaChange(provider, rate, burst, tenant)
 
 
