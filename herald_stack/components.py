@@ -247,7 +247,8 @@ class Stack:
 
     def down(self) -> list[str]:
         stopped = []
-        jobs = [Managed(name, self.run_dir) for name in ("delivery-job", "expansion-job")]
+        jobs = [Managed(name, self.run_dir)  # what `make demo` starts beside the stack
+                for name in ("delivery-job", "expansion-job", "api", "audit-consumer")]
         for m in (*jobs, self.taskmanager, self.jobmanager, self.mocks, self.kafka, self.redis):
             if m.stop():
                 stopped.append(m.name)

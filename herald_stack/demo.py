@@ -3,17 +3,23 @@ and a report.
 
 Starts Kafka, Redis and the provider mocks, runs the delivery job and the campaign expansion job
 on embedded MiniClusters (dashboards on their REST ports, Prometheus on the first free port of
-9249-9260), sends a handful of critical notifications (one repeated, one already expired, one
-malformed), loads a 2,000-user segment and its users the way the CLI does, sends one campaign
-to it, follows both with progress, and ends with a table of outcomes per class and channel.
-The stack keeps running afterwards; `make stack-down` stops everything the project started.
+9249-9260), and the HTTP API and the audit consumer with a demo key (``demo-key`` for tenant
+``demo``, added to ``HERALD_API_KEYS``). It prints a ``curl`` that sends a notification through
+the API, sends one itself that way, sends a handful of critical notifications straight to Kafka
+(one repeated, one already expired, one malformed), loads a 2,000-user segment and its users the
+way the CLI does, sends one campaign to it, follows all of it with progress, and ends with a
+table of outcomes per class and channel and the API notification's audit trail (``GET
+/v1/notifications/{id}``). The stack keeps running afterwards; `make stack-down` stops
+everything the project started.
 """
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import Counter
@@ -23,11 +29,12 @@ import orjson
 from kafka import KafkaConsumer, KafkaProducer
 
 from herald import states
-from herald.settings import PROJECT_ROOT, load_settings, settings_env
+from herald.settings import PROJECT_ROOT, Settings, load_settings, settings_env
 from herald_stack.components import Stack
 from herald_stack.processes import Managed, StackError, port_open, wait_until
 
 TENANT = "demo"
+DEMO_KEY = "demo-key"
 SEGMENT_USERS = 2_000
 PROMETHEUS_PORTS = "9249-9260"
 FINAL = (states.DELIVERED, states.EXPIRED, states.DUPLICATE, states.FAILED, states.CANCELLED,
@@ -93,10 +100,127 @@ def load_audience(settings, run: str) -> str:
     return name
 
 
+# ---------------------------------------------------------------- the API step
+
+def with_demo_key(settings: Settings) -> Settings:
+    """``settings`` whose API keys include the demo key (for tenant ``demo``)."""
+    entry = f"{DEMO_KEY}:{TENANT}"
+    keys = [k.strip() for k in settings.api_keys.split(",") if k.strip()]
+    return settings if entry in keys else settings.replace(api_keys=",".join([*keys, entry]))
+
+
+def api_url(settings: Settings) -> str:
+    return f"http://{settings.api_host}:{settings.api_port}"
+
+
+def start_api(run_dir: Path, settings: Settings) -> str:
+    """The HTTP API (``python -m herald_api``) and the audit consumer (``python -m
+    herald_api.audit``) as background processes with pid files in ``run_dir`` (``make
+    stack-down`` stops them); the API's base URL once it answers the demo key."""
+    url = api_url(settings)
+    env = {**os.environ, **settings_env(settings)}
+    api = Managed("api", run_dir)
+    if not api.running():
+        if port_open(settings.api_host, settings.api_port):
+            raise StackError(f"port {settings.api_port} is taken: the API needs it "
+                             "(HERALD_API_PORT chooses another)")
+        proc = api.start([sys.executable, "-m", "herald_api"], cwd=PROJECT_ROOT, env=env)
+        wait_until(lambda: _answers(url + "/healthz") == 200, "the API", 60, proc, api.log)
+    if _answers(f"{url}/v1/notifications/no-such-id", DEMO_KEY) == 401:
+        raise StackError(f"the API at {url} (started earlier) does not know the demo key: "
+                         "`make stack-down`, then `make demo` again")
+    audit = Managed("audit-consumer", run_dir)
+    if not audit.running():
+        audit.start([sys.executable, "-m", "herald_api.audit"], cwd=PROJECT_ROOT, env=env)
+    return url
+
+
+def api_notification(notification_id: str, now_ms: int | None = None) -> dict:
+    """A critical push to a demo device, as the API takes it (the id is the caller's)."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return {"id": notification_id, "tenant_id": TENANT, "user_id": "user-api",
+            "priority": "critical", "channels": ["push"],
+            "to": {"push_token": "device-token-api", "platform": "android"},
+            "content": {"title": "Hello", "body": "Your first notification through Herald"},
+            "created_at": now}
+
+
+def curl_command(url: str, key: str = DEMO_KEY) -> str:
+    """A ``curl`` that sends a notification through the API, for a POSIX shell: a fresh id
+    and ``created_at`` each time it is run (so a copy still works tomorrow)."""
+    body = orjson.dumps(api_notification("NID", 0)).decode()
+    body = body.replace('"NID"', '"hello-\'"$(date +%s)"\'"').replace(
+        '"created_at":0', '"created_at":\'"$(date +%s000)"\'')
+    return (f"curl -sS {url}/v1/notifications -H {shlex.quote('Authorization: Bearer ' + key)}"
+            f" -H 'Content-Type: application/json' \\\n     -d '{body}'")
+
+
+def send_through_api(url: str, notification: dict, key: str = DEMO_KEY) -> tuple[int, dict]:
+    """POST /v1/notifications: (HTTP status, answer)."""
+    request = urllib.request.Request(f"{url}/v1/notifications", data=orjson.dumps(notification),
+                                     method="POST", headers={
+                                         "Authorization": f"Bearer {key}",
+                                         "Content-Type": "application/json"})
+    return _call(request)
+
+
+def audit_trail(url: str, notification_id: str, key: str = DEMO_KEY,
+                timeout_s: float = 120.0) -> dict:
+    """GET /v1/notifications/{id} until it has a final state (the audit consumer has stored
+    its last status event); the last answer if none came in ``timeout_s``."""
+    request = urllib.request.Request(f"{url}/v1/notifications/{notification_id}",
+                                     headers={"Authorization": f"Bearer {key}"})
+    deadline = time.monotonic() + timeout_s
+    found: dict = {}
+    while time.monotonic() < deadline:
+        status, found = _call(request)
+        if status == 200 and found.get("state") in FINAL:
+            return found
+        time.sleep(0.25)
+    return found
+
+
+def trail_lines(found: dict) -> list[str]:
+    """The audit trail as the summary prints it: one line per status event."""
+    lines = [f"  {found.get('id')}: {found.get('state', '?')} "
+             f"(enqueued by the API at {_clock(found.get('enqueued_at'))})"]
+    for event in found.get("attempts", []):
+        where = "/".join(x for x in (event.get("channel"), event.get("provider")) if x) or "-"
+        latency = event.get("latency_ms")
+        lines.append(f"    {_clock(event.get('at'))}  {event['state']:<10} {where:<10}"
+                     + (f" {latency} ms" if latency is not None else "")
+                     + (f"  {event['detail']}" if event.get("detail") else ""))
+    return lines
+
+
+def _clock(at_ms: int | None) -> str:
+    if at_ms is None:
+        return "-"
+    return time.strftime("%H:%M:%S", time.localtime(at_ms / 1000)) + f".{at_ms % 1000:03d}"
+
+
+def _call(request: urllib.request.Request) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, orjson.loads(r.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read() or b"{}")
+
+
+def _answers(url: str, key: str | None = None) -> int | None:
+    """The HTTP status ``url`` answers with (None: nothing listens)."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        return _call(urllib.request.Request(url, headers=headers))[0]
+    except (OSError, ValueError):
+        return None
+
+
 def main() -> int:
     settings = load_settings()
     if not settings.flink_prometheus_port:
         settings = settings.replace(flink_prometheus_port=PROMETHEUS_PORTS)
+    settings = with_demo_key(settings)
     stack = Stack(settings)
     started = time.monotonic()
     try:
@@ -107,11 +231,19 @@ def main() -> int:
         step("starting the delivery and expansion jobs on embedded Flink MiniClusters")
         start_job(stack, "delivery-job", "jobs.delivery", settings.flink_rest_port, settings)
         start_job(stack, "expansion-job", "jobs.expansion", settings.expansion_rest_port, settings)
+        step(f"starting the HTTP API on {api_url(settings)} (key {DEMO_KEY!r} for tenant "
+             f"{TENANT!r}) and the audit consumer")
+        url = start_api(stack.run_dir, settings)
     except StackError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
 
     run = uuid.uuid4().hex[:6]
+    curl = curl_command(url)
+    step(f"a notification through the API, as you can send one yourself:\n\n{curl}\n")
+    api_id = f"api-{run}"
+    status, answer = send_through_api(url, api_notification(api_id))
+    print(f"    POST /v1/notifications -> {status} {orjson.dumps(answer).decode()}", flush=True)
     consumer = KafkaConsumer(settings.topic_status, settings.topic_dlq, settings.topic_promo,
                              bootstrap_servers=settings.kafka_bootstrap,
                              auto_offset_reset="latest", group_id=None,
@@ -191,6 +323,9 @@ def main() -> int:
     if any("missing_contact" in reason for reason in missing):
         print("  (a campaign's notifications carry no contacts: until the delivery job looks "
               "them up in the user records, they fail with missing_contact)")
+    trail = audit_trail(url, api_id) if status == 202 else {}
+    print(f"\naudit trail of the API's notification (GET {url}/v1/notifications/{api_id})")
+    print("\n".join(trail_lines(trail)) if trail else "  (none: the API refused it)")
     prometheus = _prometheus_port()
     print(f"\nFlink dashboards: delivery http://localhost:{settings.flink_rest_port}, expansion "
           f"http://localhost:{settings.expansion_rest_port} (backpressure, busy time, and "
@@ -198,11 +333,16 @@ def main() -> int:
     if prometheus:
         print(f"Prometheus: http://localhost:{prometheus}/metrics "
               f"(flink_taskmanager_job_task_operator_priority_herald_*)")
-    print(f"The stack and the jobs keep running ({time.monotonic() - started:.0f} s for this demo)."
-          " Stop everything with `make stack-down`.")
+    print(f"API: {url} (OpenAPI at {url}/openapi.json, docs/API.md); send one yourself:\n\n"
+          f"{curl}\n\nthen GET {url}/v1/notifications/<its id> with the same "
+          "Authorization header shows its status and audit trail.")
+    print(f"The stack, the jobs, the API and the audit consumer keep running "
+          f"({time.monotonic() - started:.0f} s for this demo). Stop everything with "
+          "`make stack-down`.")
     states_seen = Counter(v["state"] for k, v in final.items() if not k.startswith(campaign_id))
     complete = (states_seen.get("delivered") == 5 and states_seen.get("expired") == 1
-                and states_seen.get("duplicate") == 1 and campaign_done() == SEGMENT_USERS)
+                and states_seen.get("duplicate") == 1 and campaign_done() == SEGMENT_USERS
+                and trail.get("state") == states.DELIVERED)
     return 0 if complete else 1
 
 

@@ -1,0 +1,77 @@
+"""``make demo``'s API step on the real stack: the API and the audit consumer started as the
+demo starts them (processes, the demo key), a notification sent through the API and its audit
+trail read back once delivered, and the printed ``curl`` run as a user would paste it."""
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+
+import orjson
+import pytest
+
+from herald_stack import demo
+from herald_stack.processes import Managed, free_port
+from tests.integration.jobs import RunningJob
+
+
+@pytest.fixture
+def settings(test_settings, unique, tmp_path):
+    return demo.with_demo_key(test_settings.replace(
+        api_port=free_port(), api_keys="other-key:other", audit_consumer_group=f"audit-{unique}",
+        ratelimit_namespace=f"rl{unique}", flink_checkpoint_dir=str(tmp_path / "ck")))
+
+
+@pytest.fixture
+def api(settings, tmp_path):
+    run_dir = tmp_path / "run"
+    yield demo.start_api(run_dir, settings)
+    for name in ("api", "audit-consumer"):
+        Managed(name, run_dir).stop()
+
+
+def mock_accepted(settings, herald_id: str) -> list[dict]:
+    with urllib.request.urlopen(f"{settings.fcm_url}/_mock/log?herald_id={herald_id}",
+                                timeout=10) as r:
+        return json.load(r)["records"]
+
+
+def test_the_demo_key_is_added_to_the_configured_ones(settings):
+    assert settings.api_keys == "other-key:other,demo-key:demo"
+    assert demo.with_demo_key(settings) is settings  # once only
+
+
+def test_a_notification_through_the_api_is_delivered_and_its_audit_trail_read(
+        settings, api, unique, tmp_path):
+    nid = f"api-{unique}"
+    with RunningJob("jobs.delivery", settings, tmp_path) as job:
+        status, answer = demo.send_through_api(api, demo.api_notification(nid))
+        assert (status, answer) == (202, {"id": nid})
+
+        found = demo.audit_trail(api, nid, timeout_s=240)
+        job.check_alive()
+        assert found["state"] == "delivered", found
+        assert (found["tenant_id"], found["user_id"], found["priority"]) == (
+            "demo", "user-api", "critical")
+        assert found["enqueued_at"] is not None
+        [delivered] = [e for e in found["attempts"] if e["state"] == "delivered"]
+        assert (delivered["channel"], delivered["provider"]) == ("push", "fcm")
+        assert [r["herald_id"] for r in mock_accepted(settings, nid)] == [nid]
+        lines = demo.trail_lines(found)
+        assert lines[0].startswith(f"  {nid}: delivered")
+        assert any("delivered" in line and "push/fcm" in line for line in lines[1:])
+
+        # the curl the demo prints, run by a shell as pasted
+        done = subprocess.run(["bash", "-c", demo.curl_command(api) + " -w '\\n%{http_code}'"],
+                              capture_output=True, text=True, timeout=60)
+        body, code = done.stdout.rsplit("\n", 1)
+        assert code == "202", done
+        curl_id = orjson.loads(body)["id"]
+        assert curl_id.startswith("hello-")
+        assert demo.audit_trail(api, curl_id, timeout_s=120)["state"] == "delivered"
+        assert len(mock_accepted(settings, curl_id)) == 1
+
+
+def test_the_api_refuses_another_key(api):
+    status, answer = demo.send_through_api(api, demo.api_notification("x"), key="wrong")
+    assert status == 401 and answer["error"]["code"] == "unauthorized"
