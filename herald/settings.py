@@ -143,7 +143,7 @@ class Settings:
     flink_rest_port: int = 8081
     # Flink's buffer debloating: in-flight data between tasks ≈ this many ms (0: off). Off by
     # default: the gate keeps up at low rates without it (one batch per lane per window); the
-    # kill tests pass with it on (README).
+    # kill tests pass with it on (docs/decisions/010-buffer-debloating.md).
     flink_buffer_debloat_target_ms: int = 0
     flink_python_mode: str = "thread"
     flink_jars_dir: str = str(PROJECT_ROOT / ".stack" / "flink-jars")
