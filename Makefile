@@ -17,7 +17,8 @@ $(VENV)/.installed: requirements.txt setup.py
 setup: $(VENV)/.installed
 	$(PY) -m herald_stack install
 
-## Start Kafka, Redis, the provider mocks and the delivery job; send a few notifications; report.
+## Start Kafka, Redis, the provider mocks, the delivery and expansion jobs, the HTTP API and the
+## audit consumer; send notifications (one through the API) and a campaign; report.
 demo: setup
 	$(PY) -m herald_stack.demo
 

@@ -1,13 +1,15 @@
 """``python -m herald_cli``: operator commands for a running Herald.
 
-    python -m herald_cli redrive --from-dlq [--limit N] [--to retry|class] [--dry-run]
+    python -m herald_cli redrive --from-dlq [--id ID]... [--tenant T] [--reason REGEX]
+                                 [--since TIME] [--limit N] [--to retry|class] [--dry-run]
     python -m herald_cli quota --provider fcm --rate 500 --burst 50 [--tenant acme]
     python -m herald_cli segments load NAME FILE --tenant T
     python -m herald_cli users load FILE --tenant T [--skip-invalid]
 
 Settings (Kafka, Redis, topic names) come from ``HERALD_*`` env vars / ``HERALD_CONFIG``, as
-everywhere in Herald. Each command module has ``register(commands)``, which adds its parser
-with a ``run(args, settings)`` default that returns the report to print.
+everywhere in Herald; docs/CLI.md describes every command. Each command module has
+``register(commands)``, which adds its parser with a ``run(args, settings)`` default that
+returns the report to print.
 """
 from __future__ import annotations
 
