@@ -14,6 +14,9 @@ completed since it landed) the fault is injected:
   once with ``--restore latest``;
 * ``taskmanager_kill``: the job on the standalone cluster, ``kill -9`` of its TaskManager,
   a new TaskManager started at once (the job restarts from its checkpoint by itself);
+* ``two_taskmanagers_kill``: the job at parallelism 2 on a standalone cluster of two
+  TaskManagers (``two_taskmanager_cluster``), ``kill -9`` of one of them, started again at
+  once;
 * ``redis_kill``: a Redis of the run's own (AOF on) killed with ``kill -9`` and restarted from
   its AOF ``down_s`` later;
 * ``kafka_kill``: a Kafka broker of the run's own killed with ``kill -9`` and restarted from
@@ -75,9 +78,11 @@ PROVIDER_PHASES = "provider_phases"
 # expiry, one FCM mock capping a client's connections at 8 for 10 s.
 CONNECTION_CAP = "connection_cap"
 OUTAGE_S = 10.0  # a provider outage lasts this long whatever the size (issue 15.4)
-CRASHES = ("job_kill", "taskmanager_kill", "redis_kill")
-SCENARIOS = ("job_kill", "taskmanager_kill", "redis_kill", "kafka_kill", *PROVIDER_FAULTS,
-             CONNECTION_CAP)
+TWO_TASKMANAGERS = "two_taskmanagers_kill"
+ON_A_CLUSTER = ("taskmanager_kill", TWO_TASKMANAGERS)  # the job on a standalone cluster
+CRASHES = ("job_kill", *ON_A_CLUSTER, "redis_kill")
+SCENARIOS = ("job_kill", "taskmanager_kill", TWO_TASKMANAGERS, "redis_kill", "kafka_kill",
+             *PROVIDER_FAULTS, CONNECTION_CAP)
 
 
 @dataclass(frozen=True)
@@ -128,11 +133,28 @@ def draw(seed: int, run: str, size: Size) -> tuple[Scenario, set]:
     return scenario, {n.key for n in probes.notes}
 
 
-def in_flight_bound(settings, call_stages: int = 2) -> int:
+def in_flight_bound(settings) -> int:
     """What one crash can leave claimed and unsettled (tests/integration/mock_log.py): per
-    call stage (here a gate per class) the parts under way and the completed one whose settle
-    rides in the next claim."""
+    call stage (a gate per class and subtask: a failover restarts them all) the parts under
+    way and the completed one whose settle rides in the next claim."""
+    call_stages = 2 * settings.flink_parallelism
     return call_stages * (settings.send_parts_ahead + 2) * settings.send_part_records
+
+
+# Slots a TaskManager of the two-TaskManager cluster has: the delivery job's slot sharing
+# groups (the default one and one per class) each take a slot per subtask.
+SLOTS_PER_TASKMANAGER = 3
+
+
+def two_taskmanager_cluster(base, rest_port: int = 18181, rpc_port: int = 16124):
+    """A second standalone cluster beside the shared one (same Kafka, Redis and jars): two
+    TaskManagers, each with the slots of one subtask of every part of the delivery job, so a
+    job at parallelism 2 needs both and spreads over them."""
+    from herald_stack.components import Stack
+    cluster = Stack(base.replace(flink_rest_port=rest_port), cluster="flink2",
+                    cluster_rpc_port=rpc_port)
+    cluster.start_flink_cluster(taskmanagers=2, slots=SLOTS_PER_TASKMANAGER)
+    return cluster
 
 
 class PrivateStack:
@@ -252,6 +274,16 @@ class Job:
         answer.raise_for_status()
         return answer.json()
 
+    def taskmanagers_used(self) -> dict:
+        """Per vertex of the job, the TaskManagers that run its subtasks (cluster only)."""
+        base = f"http://{self.cluster.flink_address()}/jobs/{self.job_id}"
+        found = {}
+        for vertex in requests.get(base, timeout=10).json().get("vertices", []):
+            answer = requests.get(f"{base}/vertices/{vertex['id']}/taskmanagers", timeout=10)
+            found[vertex["name"][:60]] = sorted({tm.get("taskmanager-id") for tm in
+                                                 answer.json().get("taskmanagers", [])})
+        return found
+
     def checkpoint_since(self, wall_ms: int) -> bool:
         """A checkpoint completed after ``wall_ms`` (epoch ms)."""
         if self.cluster is not None:
@@ -361,7 +393,9 @@ def run_fault(kind: str, base, log_dir: Path, size: Size = FULL, seed: int | Non
     started = time.monotonic()
     try:
         settings = run_settings(base, run, log_dir, mocks, size)
-        job = Job(settings, log_dir, cluster if kind == "taskmanager_kill" else None)
+        if kind == TWO_TASKMANAGERS:
+            settings = settings.replace(flink_parallelism=2)
+        job = Job(settings, log_dir, cluster if kind in ON_A_CLUSTER else None)
         job.start()
         from kafka import KafkaProducer
         warm = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
@@ -417,8 +451,9 @@ def run_fault(kind: str, base, log_dir: Path, size: Size = FULL, seed: int | Non
             fault.detail["job"] = job.restarts()
         except Exception as exc:  # noqa: BLE001 - what the run saw stands without it
             fault.detail["job"] = {"error": repr(exc)}
-        if kind == "taskmanager_kill":
+        if kind in ON_A_CLUSTER:
             fault.detail["restored"] = (job.checkpoints().get("latest") or {}).get("restored")
+            fault.detail["taskmanagers"] = job.taskmanagers_used()
         if kind == "job_kill":
             fault.detail["restored_from_log"] = "restoring from" in job.log_text()
     finally:
@@ -460,10 +495,10 @@ def inject(kind: str, fault: Fault, job: Job, mocks: Mocks, private, cluster, sw
     if kind == "job_kill":
         job.kill()
         job.start(restore=True)
-    elif kind == "taskmanager_kill":
+    elif kind in ON_A_CLUSTER:
         fault.detail["checkpoint_before"] = job.checkpoints()["latest"]["completed"]["id"]
         cluster.taskmanager.kill()
-        cluster.start_taskmanager()
+        cluster.start_taskmanager(0, SLOTS_PER_TASKMANAGER if kind == TWO_TASKMANAGERS else None)
     elif kind in ("redis_kill", "kafka_kill"):
         part = private.stack.redis if kind == "redis_kill" else private.stack.kafka
         part.kill()
@@ -550,6 +585,7 @@ def figures(kind: str, data: RunData, report: Report, fault: Fault, probe_keys: 
         "lost": c["lost"], "duplicated_beyond_in_flight": c["duplicate_delivery"],
         "resent_in_flight": info.get("resent_in_flight_at_a_crash", 0),
         "reported_in_flight": info.get("reported_in_flight", 0),
+        "parallelism": settings.flink_parallelism,
         "in_flight_bound": in_flight_bound(settings) if kind in CRASHES or
         kind == "kafka_kill" else 0,
         "out_of_order": c["out_of_order"],
@@ -640,25 +676,28 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for kind in args.only.split(","):
         tmp = Path(tempfile.mkdtemp(prefix=f"herald-stress-{kind}-"))
-        private = cluster_started = None
+        private = cluster_started = two = None
         try:
             if kind in ("redis_kill", "kafka_kill"):
                 private = PrivateStack(base, tmp / "stack")
             if kind == "taskmanager_kill":
                 cluster_started = not shared.jobmanager.running()
                 shared.start_flink_cluster()
+            if kind == TWO_TASKMANAGERS:
+                two = two_taskmanager_cluster(base)
             if kind == CONNECTION_CAP:
                 result = {"row": connection_cap_row(base, size), "report": None}
             else:
                 result = run_fault(kind, base, tmp / "run", size, args.seed,
-                                   cluster=shared, private=private,
+                                   cluster=two or shared, private=private,
                                    progress=lambda m: print(m, flush=True))
         finally:
             if private is not None:
                 private.stop()
             if cluster_started:
-                shared.taskmanager.stop()
-                shared.jobmanager.stop()
+                shared.stop_flink_cluster()
+            if two is not None:
+                two.stop_flink_cluster()
         row = result["row"]
         if result["report"] is not None:
             print(result["report"].summary(), flush=True)
@@ -708,7 +747,9 @@ def write(doc: dict) -> None:
         f"Run {m['when']} on commit {m['commit']} ({m['cpus']} cores shared with Kafka, Redis, "
         f"the mocks, the producer and other work; load {m['loadavg_1m_at_start']} at the "
         "start), `python bench/stress.py`. Each row: the delivery job (MiniCluster; the "
-        "standalone cluster for `taskmanager_kill`) against four provider mocks of its own, a "
+        "standalone cluster for `taskmanager_kill`; for `two_taskmanagers_kill`, at "
+        "parallelism 2 on a cluster of two TaskManagers) against four provider mocks of its "
+        "own, a "
         f"backlog of {size['backlog']:,} notifications (`contract_fuzz.make_scenario`: three "
         "tenants reusing ids and user ids, `seq`'d users produced shuffled, 15 % replayed, "
         "88 % long-lived, 9 % expiring in 2.5-8 s, 3 % already expired, 80 % promotional, "
@@ -722,7 +763,7 @@ def write(doc: dict) -> None:
         "Columns: lost = a long-lived notification never accepted by a provider (nor "
         "dead-lettered); duplicated = accepted more than once beyond the calls the status "
         "reports as in flight at a crash (those re-sent, those reported, and the bound, "
-        "(send_parts_ahead + 2) x send_part_records per class's gate, in brackets); order = "
+        "(send_parts_ahead + 2) x send_part_records per gate subtask, in brackets); order = "
         "accepted before a notification that precedes it (seq per tenant, user and class) at "
         "the providers; after expiry = accepted at or after expires_at by the mock's clock; "
         "other = every other kind `contract_fuzz.check` counts; fault = seconds into the "

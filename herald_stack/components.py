@@ -29,15 +29,22 @@ def _run(argv: list[str], what: str, **kw) -> None:
 class Stack:
     """The whole local stack, rooted at ``settings.stack_dir``."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, cluster: str = "flink",
+                 cluster_rpc_port: int | None = None):
+        """``cluster``: the name of its standalone Flink cluster's processes; another name
+        (with ``settings.flink_rest_port`` and ``cluster_rpc_port`` of its own) runs a second
+        cluster beside the default one on the same Kafka, Redis and jars."""
         self.s = settings
         self.root = Path(settings.stack_dir)
         self.run_dir = self.root / "run"
         self.kafka = Managed("kafka", self.run_dir)
         self.redis = Managed("redis", self.run_dir)
         self.mocks = Managed("mocks", self.run_dir)
-        self.jobmanager = Managed("flink-jobmanager", self.run_dir)
-        self.taskmanager = Managed("flink-taskmanager", self.run_dir)
+        self.cluster = cluster
+        self.cluster_rpc_port = cluster_rpc_port
+        self.jobmanager = Managed(f"{cluster}-jobmanager", self.run_dir)
+        self.taskmanager = Managed(f"{cluster}-taskmanager", self.run_dir)
+        self.taskmanagers = [self.taskmanager]  # more when started with taskmanagers > 1
 
     # ------------------------------------------------------------------ install
     def install(self) -> None:
@@ -152,11 +159,14 @@ class Stack:
     def flink_env(self) -> dict:
         env = dict(os.environ)
         env.update(FLINK_CONF_DIR=str(PROJECT_ROOT / "flink-conf"),
-                   FLINK_LOG_DIR=str(self.root / "flink-log"),
+                   FLINK_LOG_DIR=str(self.flink_log_dir()),
                    FLINK_LIB_DIR=str(self.flink_lib_dir()),
                    PATH=f"{Path(sys.executable).parent}:{env.get('PATH', '')}")
         env.pop("FLINK_HOME", None)
         return env
+
+    def flink_log_dir(self) -> Path:
+        return self.root / ("flink-log" if self.cluster == "flink" else f"{self.cluster}-log")
 
     def flink_lib_dir(self) -> Path:
         """The distribution's lib/ plus opt/flink-python, as a cluster for Python jobs needs."""
@@ -176,29 +186,49 @@ class Stack:
                 "-D", f"execution.checkpointing.savepoint-dir=file://{sp}",
                 "-D", f"rest.port={self.s.flink_rest_port}",
                 "-D", f"python.executable={sys.executable}",
-                "-D", f"python.client.executable={sys.executable}"]
+                "-D", f"python.client.executable={sys.executable}",
+                *(["-D", f"jobmanager.rpc.port={self.cluster_rpc_port}"]
+                  if self.cluster_rpc_port else [])]
 
-    def start_flink_cluster(self) -> None:
-        """A real standalone cluster from the Flink distribution that PyFlink ships."""
+    def start_flink_cluster(self, taskmanagers: int = 1, slots: int | None = None) -> None:
+        """A real standalone cluster from the Flink distribution that PyFlink ships:
+        ``taskmanagers`` TaskManagers of ``slots`` slots each (default: flink-conf's)."""
         port = self.s.flink_rest_port
-        if self.jobmanager.running() and self.taskmanager.running() and port_open("127.0.0.1", port):
+        if self.jobmanager.running() and port_open("127.0.0.1", port) and all(
+                self.taskmanager_at(i).running() for i in range(taskmanagers)):
             return
-        (self.root / "flink-log").mkdir(parents=True, exist_ok=True)
+        self.flink_log_dir().mkdir(parents=True, exist_ok=True)
         env = self.flink_env()
         bin_dir = PYFLINK_HOME / "bin"
         jm = self.jobmanager.start(["bash", str(bin_dir / "jobmanager.sh"), "start-foreground",
                                     *self.flink_dynamic_props()], env=env)
         wait_until(lambda: port_open("127.0.0.1", port), "flink jobmanager", 90, jm,
                    self.jobmanager.log)
-        self.start_taskmanager()
+        for index in range(taskmanagers):
+            self.start_taskmanager(index, slots)
 
-    def start_taskmanager(self) -> None:
+    def stop_flink_cluster(self) -> None:
+        for managed in (*self.taskmanagers, self.jobmanager):
+            managed.stop()
+
+    def taskmanager_at(self, index: int) -> Managed:
+        """The ``index``-th TaskManager's process (0: ``self.taskmanager``)."""
+        while len(self.taskmanagers) <= index:
+            name = f"{self.cluster}-taskmanager-{len(self.taskmanagers) + 1}"
+            self.taskmanagers.append(Managed(name, self.run_dir))
+        return self.taskmanagers[index]
+
+    def start_taskmanager(self, index: int = 0, slots: int | None = None) -> None:
+        """Start the ``index``-th TaskManager (again, after a kill) and wait until the
+        JobManager lists as many as that."""
         port = self.s.flink_rest_port
-        tm = self.taskmanager.start(["bash", str(PYFLINK_HOME / "bin" / "taskmanager.sh"),
-                                     "start-foreground", *self.flink_dynamic_props()],
-                                    env=self.flink_env())
-        wait_until(lambda: _flink_has_taskmanager(port), "flink taskmanager", 90, tm,
-                   self.taskmanager.log)
+        managed = self.taskmanager_at(index)
+        extra = ["-D", f"taskmanager.numberOfTaskSlots={slots}"] if slots else []
+        tm = managed.start(["bash", str(PYFLINK_HOME / "bin" / "taskmanager.sh"),
+                            "start-foreground", *self.flink_dynamic_props(), *extra],
+                           env=self.flink_env())
+        wait_until(lambda: _flink_taskmanagers(port) > index, "flink taskmanager", 90, tm,
+                   managed.log)
 
     def flink_cli(self) -> list[str]:
         return ["bash", str(PYFLINK_HOME / "bin" / "flink")]
@@ -249,7 +279,7 @@ class Stack:
         stopped = []
         jobs = [Managed(name, self.run_dir)  # what `make demo` starts beside the stack
                 for name in ("delivery-job", "expansion-job", "api", "audit-consumer")]
-        for m in (*jobs, self.taskmanager, self.jobmanager, self.mocks, self.kafka, self.redis):
+        for m in (*jobs, *self.taskmanagers, self.jobmanager, self.mocks, self.kafka, self.redis):
             if m.stop():
                 stopped.append(m.name)
         return stopped
@@ -269,11 +299,12 @@ def _admin_ready(bootstrap: str) -> bool:
         return False
 
 
-def _flink_has_taskmanager(port: int) -> bool:
+def _flink_taskmanagers(port: int) -> int:
+    """How many TaskManagers the JobManager lists (0 when it does not answer)."""
     import json
     import urllib.request
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/taskmanagers", timeout=2) as r:
-            return bool(json.load(r).get("taskmanagers"))
+            return len(json.load(r).get("taskmanagers") or [])
     except OSError:
-        return False
+        return 0

@@ -17,7 +17,8 @@ from dataclasses import replace
 
 import pytest
 
-from bench.stress import CRASHES, PROVIDER_PHASES, SMALL, PrivateStack, run_fault
+from bench.stress import (CRASHES, PROVIDER_PHASES, SMALL, TWO_TASKMANAGERS, PrivateStack,
+                          run_fault)
 
 SEED = 20261207
 
@@ -47,7 +48,7 @@ def judged(result: dict, kind: str) -> dict:
     if kind in CRASHES or kind == "kafka_kill":
         # What a crash can leave claimed and unsettled: (send_parts_ahead + 2) parts of
         # send_part_records per class's gate (64 at this size, so the bound is not vacuous).
-        assert row["in_flight_bound"] == 2 * 3 * 64
+        assert row["in_flight_bound"] == 2 * row["parallelism"] * 3 * 64
         assert row["reported_in_flight"] <= row["in_flight_bound"], row
     return row
 
@@ -88,3 +89,25 @@ def test_providers_down_failing_slow_and_throttling(stack, base_settings, tmp_pa
     # Each fault reached the providers: 503s, random 5xx, 429s, and answers held 2 s.
     reasons = Counter(r.get("reason") for log in result["data"].mock_logs.values() for r in log)
     assert reasons["outage"] and reasons["random_failure"] and reasons["quota"], reasons
+
+
+@pytest.fixture(scope="module")
+def two_taskmanagers(stack, base_settings):
+    """A standalone cluster of two TaskManagers, beside the shared one."""
+    from bench.stress import two_taskmanager_cluster
+    cluster = two_taskmanager_cluster(base_settings)
+    yield cluster
+    cluster.stop_flink_cluster()
+
+
+def test_one_of_two_taskmanagers_killed_during_a_backlog(two_taskmanagers, base_settings,
+                                                         tmp_path):
+    row = judged(run_fault(TWO_TASKMANAGERS, base_settings, tmp_path, SMALL, SEED + 5,
+                           cluster=two_taskmanagers), TWO_TASKMANAGERS)
+    assert row["parallelism"] == 2
+    # The job needed both TaskManagers' slots and ran on both (the killed one among them).
+    used = row["fault"]["taskmanagers"]
+    assert len({tm for tms in used.values() for tm in tms}) == 2, used
+    restored = row["fault"]["restored"]
+    assert restored is not None and not restored["is_savepoint"], restored
+    assert restored["id"] >= row["fault"]["checkpoint_before"], row["fault"]
