@@ -48,6 +48,8 @@ def pickles_as_list(cls):
     does for frozen ones: states written while these classes were frozen (gate holds,
     campaigns in expansion state) still restore, and earlier versions read the new ones."""
     names = tuple(f.name for f in fields(cls))
+    # fields added later at the end: a state pickled before them restores with their defaults
+    defaults = tuple(f.default for f in fields(cls))
 
     def __getstate__(self):
         return [getattr(self, name) for name in names]
@@ -55,6 +57,8 @@ def pickles_as_list(cls):
     def __setstate__(self, state):
         for name, value in zip(names, state):
             setattr(self, name, value)
+        for name, default in zip(names[len(state):], defaults[len(state):]):
+            setattr(self, name, default)
 
     cls.__getstate__, cls.__setstate__ = __getstate__, __setstate__
     return cls
@@ -136,6 +140,12 @@ class Status:
     latency_ms: int | None = None
     detail: str | None = None
     campaign_id: str | None = None
+    # the provider's id for an accepted message (receipts name it); on a `fallback` or `failed`
+    # because the recipient is dead: which contact (push_token, phone, email) and its sha1 hex,
+    # so the status consumer can remove it from the user record without the value on the topic
+    provider_message_id: str | None = None
+    invalid_contact: str | None = None
+    contact_sha1: str | None = None
 
     @classmethod
     def of(cls, n: Notification, state: str, at: int, **extra: Any) -> "Status":

@@ -159,9 +159,20 @@ class Settings:
     mock_twilio_port: int = 18103
     mock_sendgrid_port: int = 18104
 
-    # Twilio posts delivery receipts here; Herald adds ``?herald_id=<id>`` to each message's
-    # StatusCallback so the receipt (and the mock's log) names the notification
-    twilio_status_callback_url: str = "http://127.0.0.1:8080/v1/callbacks/twilio"
+    # Twilio posts delivery receipts here (the API's receipt endpoint); Herald adds
+    # ``herald_id=<id>&tenant_id=<tenant>`` to each message's StatusCallback so the receipt (and
+    # the mock's log) names the notification. Receipts are checked with twilio_auth_token.
+    twilio_status_callback_url: str = "http://127.0.0.1:8080/v1/receipts/twilio"
+    # SendGrid's Event Webhook posts to /v1/receipts/sendgrid; when set, it must carry
+    # ``?token=<this>`` in the URL configured at SendGrid (a shared secret; see CONTRACT.md)
+    sendgrid_webhook_secret: str = _secret()
+
+    # Tenant webhooks (herald_api.webhooks): each final status POSTed to the tenant's URL, signed
+    webhook_consumer_group: str = "herald-webhooks"
+    webhook_timeout_s: float = 5.0               # one POST; no answer by then is a failure
+    webhook_max_attempts: int = 8                # then the event is given up (logged, counted)
+    webhook_backoff_ms: int = 500                # first retry after this, doubling, with jitter
+    webhook_backoff_max_ms: int = 60_000
 
     # HTTP API (herald_api): ``python -m herald_api``
     api_host: str = "127.0.0.1"

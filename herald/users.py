@@ -202,3 +202,19 @@ def user_from_dict(obj: Mapping, user_id: str) -> UserRecord:
         raise ValidationError(f"'locale' must look like 'en' or 'pt-BR', got {locale!r}", "locale")
     return UserRecord(user_id=user_id, contacts=parsed, locale=locale, opt_outs=_opt_outs(obj),
                       quiet_hours=_quiet_hours(obj))
+
+
+# ---------------------------------------------------------------- dead contacts
+
+# Remove a contact a provider called dead, only if the record still holds that value (a token
+# the user registered since is kept). KEYS: the user hash. ARGV: field (push_token, phone,
+# email), the dead value's sha1 hex (``herald.receipts.contact_sha1``), now ms. A push token
+# takes its platform with it. Returns 1 if removed.
+REMOVE_CONTACT_LUA = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v or redis.sha1hex(v) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if ARGV[1] == 'push_token' then redis.call('HDEL', KEYS[1], 'platform') end
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
+return 1
+"""

@@ -5,6 +5,11 @@ are committed; a crash in between replays the batch, and the writes are idempote
 is stored under its identity ``(at, attempt, state, channel, provider)``; campaign counts move
 once per (notification id, state)), so a replay changes nothing. Events that are not Status
 records go to the DLQ with ``stage: "audit"``. Key layout: ``herald_api.store``.
+
+Two more duties ride on the same events: a ``delivered`` event's ``provider_message_id`` is
+indexed (``herald.receipts.message_key``) so a provider's receipt finds its notification, and
+a ``fallback``/``failed`` naming a dead contact removes it from the user record
+(``ContactCleaner``), followed by a ``token_invalid`` event on the status topic.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ import threading
 import time
 from typing import Any, Mapping
 
+import orjson
 import redis
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError
@@ -21,13 +27,16 @@ from kafka.errors import CommitFailedError
 from herald import states
 from herald.errors import ValidationError
 from herald.models import _epoch_ms, _string, dead_letter, load_object
+from herald.receipts import dead_contacts, index_entry, message_key, token_invalid_status
 from herald.settings import Settings, load_settings
+from herald.users import REMOVE_CONTACT_LUA, user_key
 from herald_api.store import AUDIT_WRITE_LUA, audit_write_args
 
 log = logging.getLogger("herald_api.audit")
 
 STAGE_AUDIT = "audit"
-OPTIONAL_STRINGS = ("user_id", "priority", "channel", "provider", "detail", "campaign_id")
+OPTIONAL_STRINGS = ("user_id", "priority", "channel", "provider", "detail", "campaign_id",
+                    "provider_message_id", "invalid_contact", "contact_sha1")
 
 
 def status_from_dict(obj: Mapping) -> dict:
@@ -60,14 +69,41 @@ class AuditWriter:
         self._script = client.register_script(AUDIT_WRITE_LUA)
 
     def write(self, events: list[dict]) -> int:
-        """Store ``events``; return how many were new (the rest were replays)."""
+        """Store ``events``; return how many were new (the rest were replays). A ``delivered``
+        event's ``provider_message_id`` is indexed too, for the receipts that name it."""
         if not events:
             return 0
+        counted = []
         with self.redis.pipeline(transaction=False) as pipe:
             for event in events:
                 keys, args = audit_write_args(event, self.retention_ms)
                 self._script(keys=keys, args=args, client=pipe)
-            return sum(int(r) for r in pipe.execute())
+                counted.append(True)
+                if event["state"] == states.DELIVERED and event.get("provider_message_id") \
+                        and event.get("provider"):
+                    pipe.set(message_key(event["provider"], event["provider_message_id"]),
+                             orjson.dumps(index_entry(event)), px=self.retention_ms)
+                    counted.append(False)
+            return sum(int(r) for r, c in zip(pipe.execute(), counted) if c)
+
+
+class ContactCleaner:
+    """Token hygiene: a ``fallback``/``failed`` event naming a dead contact (FCM UNREGISTERED,
+    APNs 410, an invalid number or address) removes it from the tenant's user record, if the
+    record still holds that value, and is followed by a ``token_invalid`` event saying so."""
+
+    def __init__(self, client: redis.Redis):
+        self._script = client.register_script(REMOVE_CONTACT_LUA)
+
+    def clean(self, events: list[dict], now_ms: int) -> list[dict]:
+        """Remove the dead contacts ``events`` name; return the ``token_invalid`` events."""
+        out = []
+        for event in dead_contacts(events):
+            removed = self._script(keys=[user_key(event["tenant_id"], event["user_id"])],
+                                   args=[event["invalid_contact"], event["contact_sha1"], now_ms])
+            out.append(token_invalid_status(event, event["invalid_contact"], bool(removed),
+                                            event.get("detail") or "the provider refused it"))
+        return out
 
 
 class AuditConsumer:
@@ -80,6 +116,7 @@ class AuditConsumer:
         self.redis = redis_client or redis.Redis(host=settings.redis_host,
                                                  port=settings.redis_port, socket_timeout=10)
         self.writer = AuditWriter(self.redis, settings.audit_retention_s)
+        self.cleaner = ContactCleaner(self.redis)
         self.consumer = KafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap, group_id=settings.audit_consumer_group,
             enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=2000)
@@ -109,6 +146,7 @@ class AuditConsumer:
             new = self._write_until_done(events)
             self.written += new
             self.replayed += len(events) - new
+            self._clean_until_done(events)
         count = len(events) + len(rejected)
         if count:
             try:
@@ -127,9 +165,34 @@ class AuditConsumer:
                 if self.stop.wait(self.retry_pause_s):
                     raise
 
-    def _dead_letter(self, rejected: list) -> None:
+    def _clean_until_done(self, events: list[dict]) -> None:
+        """Dead contacts out of the user records, then their ``token_invalid`` events stored
+        and on the status topic (for the tenant webhooks), before the batch is committed. A
+        replay finds the contact gone and says so under the same event identity, stored once."""
+        while True:
+            try:
+                follow = self.cleaner.clean(events, time.time_ns() // 1_000_000)
+                if follow:
+                    self.writer.write(follow)
+                break
+            except redis.exceptions.ConnectionError as exc:
+                log.warning("user store unavailable (%s); retrying", exc)
+                if self.stop.wait(self.retry_pause_s):
+                    raise
+        if follow:
+            producer = self._producer()
+            for event in follow:
+                producer.send(self.settings.topic_status, key=event["id"].encode(),
+                              value=orjson.dumps(event))
+            producer.flush()
+
+    def _producer(self) -> KafkaProducer:
         if self._dlq is None:
             self._dlq = KafkaProducer(bootstrap_servers=self.settings.kafka_bootstrap, acks="all")
+        return self._dlq
+
+    def _dead_letter(self, rejected: list) -> None:
+        self._producer()
         now = time.time_ns() // 1_000_000
         for message, exc in rejected:
             log.warning("not a Status event (%s): dead-lettered", exc.message)

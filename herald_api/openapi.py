@@ -22,7 +22,7 @@ CLOCK = "^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$"
 TEMPLATE_TEXT = {"type": "string", "minLength": 1,
                  "description": "text with {{name}} fields; \\{{ writes a literal {{"}
 STATES = ["accepted", "delivered", "retrying", "fallback", "expired", "duplicate", "cancelled",
-          "opted_out", "failed"]
+          "opted_out", "failed", "delivered_to_handset", "bounced", "token_invalid"]
 CAMPAIGN_STATES = ["accepted", "expanding", "sending", "completed", "cancelled", "expired",
                    "failed"]
 PROGRESS_FIELDS = ["expanded", "total", "delivered", "failed", "expired", "cancelled",

@@ -59,7 +59,11 @@ SEGMENT_WRITE_BATCH = 10_000
 # ``duplicate`` says a later submission was dropped; it never replaces a known state.
 STATE_RANK = {states.ACCEPTED: 0, states.RETRYING: 1, states.FALLBACK: 1,
               states.DELIVERED: 2, states.EXPIRED: 2, states.CANCELLED: 2, states.OPTED_OUT: 2,
-              states.FAILED: 2, states.DUPLICATE: -1}
+              states.FAILED: 2, states.DUPLICATE: -1,
+              # a receipt comes after the delivery it reports on; a dead contact is a side note
+              states.DELIVERED_TO_HANDSET: 3, states.BOUNCED: 3, states.TOKEN_INVALID: -1}
+# States that never move a campaign recipient's final count (it stays under `delivered`)
+KEEPS_FINAL = states.RECEIPT_STATES | {states.TOKEN_INVALID}
 
 
 # ---------------------------------------------------------------- keys
@@ -122,7 +126,7 @@ return 0
 # changes nothing but the expiry. KEYS: audit hash, attempts hash, campaign counts (or a dummy).
 # ARGV: field, event JSON, at, state, rank, ttl ms, id, tenant, user, priority, campaign id ('' if
 # none), '1' if the event is about the campaign itself, '1' if state is a recipient's final
-# state; for campaign-level events: expanded, total, expansion phase ('' when not given).
+# state ('2': a receipt, which leaves the recipient's final count as it is); for campaign-level events: expanded, total, expansion phase ('' when not given).
 # A recipient counts under ``final:{state}`` for its latest state while that state is final
 # (``final`` in its audit hash says which), so each recipient is counted once.
 AUDIT_WRITE_LUA = """
@@ -161,7 +165,7 @@ if new == 1 then
       if redis.call('HSETNX', KEYS[1], 'counted:*', '1') == 1 then
         redis.call('HINCRBY', KEYS[3], 'recipients', 1)
       end
-      if take then
+      if take and ARGV[13] ~= '2' then
         local was = redis.call('HGET', KEYS[1], 'final') or ''
         local now = ''
         if ARGV[13] == '1' then now = ARGV[4] end
@@ -198,7 +202,8 @@ def audit_write_args(event: dict, retention_ms: int) -> tuple[list[str], list[An
             STATE_RANK.get(event["state"], 0), retention_ms, nid, tenant,
             event.get("user_id") or "", event.get("priority") or "", campaign_id,
             "1" if about_campaign else "0",
-            "1" if event["state"] in RECIPIENT_FINAL else "0", *expansion]
+            "1" if event["state"] in RECIPIENT_FINAL else
+            "2" if event["state"] in KEEPS_FINAL else "0", *expansion]
     return keys, args
 
 

@@ -91,19 +91,37 @@ class MockProvider:
         """The success reply and the provider's message id for it."""
         raise NotImplementedError
 
+    def receipts(self, req: Request, parsed: Parsed, message_id: str, now_ms: int,
+                 bounced: bool, callback_url: str | None) -> list[Callback]:
+        """The delivery receipts the real provider would POST for an accepted message, in
+        order (none for push: FCM and APNs answer dead tokens on the send itself)."""
+        return []
+
+
+class Callback:
+    """One receipt POST the mock makes: where, what, with which headers."""
+    __slots__ = ("url", "body", "headers")
+
+    def __init__(self, url: str, body: bytes, headers: dict[str, str]):
+        self.url = url
+        self.body = body
+        self.headers = headers
+
 
 class ConfigError(ValueError):
     """An admin request or CLI flag asked for an impossible switch setting."""
 
 
 OUTAGE_MODES = ("503", "refuse")
+CALLBACK_TRIES = 6
 
 
 class MockConfig:
     """The run-time switches; ``update`` is both the CLI's and ``POST /_mock/config``'s door."""
 
     KEYS = ("quota_rps", "latency_ms", "latency_jitter_ms", "failure_rate", "seed", "invalid",
-            "invalid_add", "invalid_remove", "outage", "max_client_connections")
+            "invalid_add", "invalid_remove", "outage", "max_client_connections", "callbacks",
+            "callback_url", "bounce")
 
     def __init__(self) -> None:
         self.quota_rps: int | None = None
@@ -117,12 +135,21 @@ class MockConfig:
         # Connections served at once per client address (None: any number); one more is reset
         # (MockState.admit_connection), as a gateway capping a client's connections does.
         self.max_client_connections: int | None = None
+        # Delivery receipts (Twilio status callbacks, SendGrid's Event Webhook), off by default:
+        # sent after each accepted message to its StatusCallback (Twilio) or to callback_url
+        # (SendGrid's account-wide webhook URL; it overrides StatusCallback for Twilio too).
+        # A recipient in `bounce` is accepted, and its receipt reports it undeliverable.
+        self.callbacks: bool = False
+        self.callback_url: str | None = None
+        self.bounce: set[str] = set()
 
     def to_dict(self) -> dict:
         out = {"quota_rps": self.quota_rps, "latency_ms": self.latency_ms,
                "latency_jitter_ms": self.latency_jitter_ms, "failure_rate": self.failure_rate,
                "seed": self.seed, "invalid": sorted(self.invalid), "outage": None,
-               "max_client_connections": self.max_client_connections}
+               "max_client_connections": self.max_client_connections,
+               "callbacks": self.callbacks, "callback_url": self.callback_url,
+               "bounce": sorted(self.bounce)}
         if self.outage:
             mode, start, end = self.outage
             out["outage"] = {"mode": mode, "start_ms": start, "end_ms": end}
@@ -138,6 +165,7 @@ class MockConfig:
                               f"(known: {', '.join(self.KEYS)})")
         new = dict(self.__dict__)
         new["invalid"] = set(self.invalid)
+        new["bounce"] = set(self.bounce)
         if "quota_rps" in changes:
             q = changes["quota_rps"]
             if q is not None and (isinstance(q, bool) or not isinstance(q, int) or q < 0):
@@ -174,6 +202,21 @@ class MockConfig:
         new["invalid"] -= set(changes.get("invalid_remove", ()))
         if "outage" in changes:
             new["outage"] = parse_outage(changes["outage"], now_ms)
+        if "callbacks" in changes:
+            if not isinstance(changes["callbacks"], bool):
+                raise ConfigError("callbacks must be true or false")
+            new["callbacks"] = changes["callbacks"]
+        if "callback_url" in changes:
+            url = changes["callback_url"]
+            if url is not None and (not isinstance(url, str)
+                                    or not url.startswith(("http://", "https://"))):
+                raise ConfigError("callback_url must be an http(s) URL or null")
+            new["callback_url"] = url
+        if "bounce" in changes:
+            v = changes["bounce"]
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ConfigError("bounce must be a list of strings")
+            new["bounce"] = set(v)
         self.__dict__.update(new)
 
 
@@ -231,6 +274,8 @@ class MockState:
         # called with the config after every change (the server schedules refuse-mode outages)
         self.on_config_change: list[Callable[[MockConfig], None]] = []
         self.client_connections: dict[str, int] = {}  # connections served, per client address
+        self._callback_tasks: set = set()
+        self._session = None  # aiohttp session for receipts, made on the first one
         self._clear()
 
     # ------------------------------------------------------------------ bookkeeping
@@ -252,6 +297,8 @@ class MockState:
         self.window: deque[int] = deque()
         self.reset_ms = now_epoch_ms()
         self.connections_reset = 0
+        self.callbacks_sent = 0
+        self.callbacks_failed = 0
 
     # ------------------------------------------------------------------ connections per client
 
@@ -354,6 +401,9 @@ class MockState:
         else:
             reply, message_id = provider.accept(p, seq, now_ms)
             reason = None
+            if cfg.callbacks:
+                self._send_receipts(provider.receipts(req, p, message_id, now_ms,
+                                                      p.to in cfg.bounce, cfg.callback_url))
         record = {"seq": seq, "t_ms": now_ms, "provider": provider.name,
                   "result": "rejected" if reason else "accepted", "herald_id": p.herald_id,
                   "to": p.to, "status": reply.status}
@@ -379,6 +429,44 @@ class MockState:
         if cfg.latency_jitter_ms:
             delay_ms += self.latency_rng.uniform(0, cfg.latency_jitter_ms)
         return reply, delay_ms / 1000.0
+
+    # ------------------------------------------------------------------ receipts
+
+    def _send_receipts(self, callbacks: list[Callback]) -> None:
+        if not callbacks:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop (a unit test calling handle): nothing to send with
+        task = loop.create_task(self._post_all(callbacks))
+        self._callback_tasks.add(task)
+        task.add_done_callback(self._callback_tasks.discard)
+
+    async def _post_all(self, callbacks: list[Callback]) -> None:
+        """POST one message's receipts in order, each retried on a 5xx or a lost connection
+        (0.2 s doubling, 6 tries) as the providers do; a 4xx is not retried."""
+        import aiohttp
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        for cb in callbacks:
+            for attempt in range(CALLBACK_TRIES):
+                try:
+                    async with self._session.post(cb.url, data=cb.body,
+                                                  headers=cb.headers) as answer:
+                        await answer.read()
+                        status = answer.status
+                except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                    status = None
+                if status is not None and status < 500:
+                    break
+                if attempt + 1 < CALLBACK_TRIES:
+                    await asyncio.sleep(0.2 * 2 ** attempt)
+            ok = status is not None and 200 <= status < 300
+            self.callbacks_sent += ok
+            self.callbacks_failed += not ok
+            if not ok:
+                return  # the later receipts of a message make no sense without this one
 
     # ------------------------------------------------------------------ admin API
 
@@ -447,6 +535,7 @@ class MockState:
                 "accepted_duplicate_ids": duplicates,
                 "max_accepted_per_second": max(self.accepted_per_second.values(), default=0),
                 "connections_reset": self.connections_reset,
+                "callbacks_sent": self.callbacks_sent, "callbacks_failed": self.callbacks_failed,
                 "client_connections": sum(self.client_connections.values()),
                 "since_ms": self.reset_ms, "started_ms": self.started_ms,
                 "log_file": self.log_path, "config": self.config.to_dict()}

@@ -3,6 +3,12 @@
 Errors are SendGrid's ``{"errors": [{"message", "field", "help"}]}``; throttling is 429 with
 ``X-RateLimit-Limit/Remaining/Reset``. Herald's id is read from ``custom_args.herald_id``
 (top level, or the first personalization's). The recipient logged is the first ``to`` address.
+
+With ``callbacks`` on and a ``callback_url`` (SendGrid's Event Webhook URL is set per account),
+each accepted message gets one Event Webhook POST: a JSON array with its ``processed`` and
+``delivered`` events, or ``bounce`` (type ``bounce``, SMTP 5.1.1) for an address in ``bounce``;
+each event carries ``sg_message_id`` (``X-Message-Id`` plus a ``.filter...`` suffix), ``email``,
+``timestamp`` (epoch s), ``sg_event_id`` and the message's ``custom_args`` at its top level.
 """
 from __future__ import annotations
 
@@ -12,7 +18,8 @@ import re
 
 import orjson
 
-from herald_mocks.core import MockProvider, Parsed, Reply, Request, json_reply, now_epoch_ms
+from herald_mocks.core import (Callback, MockProvider, Parsed, Reply, Request, json_reply,
+                               now_epoch_ms)
 
 HELP = "http://sendgrid.com/docs/API_Reference/Web_API_v3/Mail/errors.html#message."
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -153,6 +160,24 @@ class SendGridMock(MockProvider):
         return sendgrid_error(400, "Does not contain a valid address.",
                               "personalizations.0.to.0.email", "personalizations.to",
                               code="invalid_email")
+
+    def receipts(self, req: Request, parsed: Parsed, message_id: str, now_ms: int,
+                 bounced: bool, callback_url: str | None) -> list[Callback]:
+        if not callback_url:
+            return []
+        body = parsed.info["request"]
+        args = body.get("custom_args") if isinstance(body.get("custom_args"), dict) else {}
+        base = {"email": parsed.to, "timestamp": now_ms // 1000,
+                "smtp-id": f"<{message_id}@mock.sendgrid>",
+                "sg_message_id": f"{message_id}.filterdrecv-mock-1-0", **args}
+        last = ({"event": "bounce", "type": "bounce", "status": "5.1.1",
+                 "reason": "550 5.1.1 The email account that you tried to reach does not exist."}
+                if bounced else {"event": "delivered", "response": "250 OK"})
+        events = [{**base, "event": "processed"}, {**base, **last}]
+        for i, event in enumerate(events):
+            event["sg_event_id"] = f"{message_id}-{i}"
+        return [Callback(callback_url, orjson.dumps(events),
+                         {"Content-Type": "application/json"})]
 
     def accept(self, parsed: Parsed, seq: int, now_ms: int) -> tuple[Reply, str]:
         message_id = f"hm{self._boot:x}{next(self._ids):010x}"

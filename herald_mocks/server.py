@@ -136,4 +136,7 @@ class MockServer:
         for timer in self._timers:
             timer.cancel()
         self._down()
+        session = self.state._session
+        if session is not None and not session.closed:
+            await session.close()
         self.state.close()

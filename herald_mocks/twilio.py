@@ -4,6 +4,11 @@ Form body (``To``, ``From``, ``Body``, ``StatusCallback``, ``ValidityPeriod``), 
 auth, a ``201`` Message resource with status ``queued``, and Twilio's error body
 ``{"code", "message", "more_info", "status"}``. Herald's id is read from the ``herald_id``
 query parameter of ``StatusCallback``.
+
+With ``callbacks`` on, each accepted message gets Twilio's status callbacks, form-encoded POSTs
+to its ``StatusCallback`` (or the config's ``callback_url``): ``sent``, then ``delivered``, or
+``undelivered`` with ``ErrorCode`` 30005 (unknown destination handset) for a number in
+``bounce``; signed with ``X-Twilio-Signature`` under the auth token of the send's basic auth.
 """
 from __future__ import annotations
 
@@ -13,11 +18,13 @@ import itertools
 import random
 import re
 import time
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import orjson
 
-from herald_mocks.core import MockProvider, Parsed, Reply, Request, json_reply, now_epoch_ms
+from herald.receipts import twilio_signature
+from herald_mocks.core import (Callback, MockProvider, Parsed, Reply, Request, json_reply,
+                               now_epoch_ms)
 
 PATH_RE = re.compile(r"^/2010-04-01/Accounts/(AC[0-9A-Za-z]{1,64})/Messages\.json$")
 E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
@@ -71,6 +78,35 @@ class TwilioMock(MockProvider):
             parsed.error = error
             parsed.reason = "unauthorized" if error.status == 401 else "bad_request"
         return parsed
+
+    def receipts(self, req: Request, parsed: Parsed, message_id: str, now_ms: int,
+                 bounced: bool, callback_url: str | None) -> list[Callback]:
+        form = parsed.info["request"]
+        url = callback_url or form.get("StatusCallback")
+        if not url:
+            return []
+        token = self._password(req.headers.get("authorization", "")) or ""
+        common = {"MessageSid": message_id, "SmsSid": message_id,
+                  "AccountSid": parsed.info["account_sid"], "From": form.get("From", ""),
+                  "To": parsed.to or "", "ApiVersion": "2010-04-01"}
+        out = []
+        for status in ("sent", "undelivered" if bounced else "delivered"):
+            params = {**common, "MessageStatus": status, "SmsStatus": status}
+            if status == "undelivered":
+                params["ErrorCode"] = "30005"
+            out.append(Callback(url, urlencode(params).encode(), {
+                "Content-Type": "application/x-www-form-urlencoded",
+                "X-Twilio-Signature": twilio_signature(token, url, params),
+                "I-Twilio-Idempotency-Token": f"{message_id}-{status}"}))
+        return out
+
+    @staticmethod
+    def _password(header: str) -> str | None:
+        try:
+            decoded = base64.b64decode(header.partition(" ")[2], validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return decoded.partition(":")[2] or None
 
     @staticmethod
     def _auth(header: str) -> Reply | None:

@@ -90,6 +90,7 @@ from herald.models import Content, Notification, Status, dead_letter
 from herald.providers.base import Kind, clock_ms
 from herald.providers.exceptions import MissingContactError, ProviderError
 from herald.providers.registry import Registry
+from herald.receipts import CONTACT_OF_CHANNEL, contact_sha1
 from herald.retry import Attempt, ExponentialBackoffRetry, FallbackPolicy, TimeLeftPolicy
 from herald.quiet_hours import utc_iso
 from herald.settings import Settings
@@ -515,7 +516,8 @@ class BatchCalls:
                 detail = RESENT_AFTER_TURNED_AWAY.format(name)
             out.statuses.append(Status.of(task.n, states.DELIVERED, now, channel=task.channel,
                                           provider=name, attempt=task.attempt,
-                                          latency_ms=now - task.n.created_at, detail=detail))
+                                          latency_ms=now - task.n.created_at, detail=detail,
+                                          provider_message_id=outcome.message_id))
             return
         if outcome.kind is Kind.THROTTLED:
             out.throttles += 1
@@ -541,7 +543,8 @@ class BatchCalls:
             return outcome
         detail = outcome.detail + (" (recipient's token/number/address is invalid)"
                                    if outcome.token_invalid else "")
-        self._channel_failed(task, policy.PERMANENT, detail, now, out, later, name)
+        self._channel_failed(task, policy.PERMANENT, detail, now, out, later, name,
+                             **(dead_contact(task) if outcome.token_invalid else {}))
         behind[user] = ("wait", None)
         return None
 
@@ -662,29 +665,33 @@ class BatchCalls:
         self._expired(task, now, detail.format(name), out)
 
     def _channel_failed(self, task: Task, failure: str, detail: str, now: int,
-                        out: StageOutput, later: list[Task], provider: str | None) -> None:
-        """This channel is done for: the next one in ``channels``, or the dead-letter queue."""
+                        out: StageOutput, later: list[Task], provider: str | None,
+                        **dead: str) -> None:
+        """This channel is done for: the next one in ``channels``, or the dead-letter queue.
+        ``dead``: the contact the provider called dead (``dead_contact``), on the status."""
         failed_channel = task.channel
         following = self.fallback.next_channel(task.n.channels, failed_channel, failure)
         if following is not None:
             out.statuses.append(Status.of(
                 task.n, states.FALLBACK, now, channel=failed_channel, provider=provider,
                 attempt=task.attempt,
-                detail=f"{failed_channel} failed ({failure}: {detail}); trying {following}"))
+                detail=f"{failed_channel} failed ({failure}: {detail}); trying {following}",
+                **dead))
             task.channel, task.attempt = following, 1
             task.adapter = task.request = None
             later.append(task)
             return
         reason = (f"every channel failed; last: {failed_channel} ({failure}: {detail})"
                   if len(task.n.channels) > 1 else f"{failed_channel} failed ({failure}: {detail})")
-        self._dead(task, reason, now, out, channel=failed_channel, provider=provider)
+        self._dead(task, reason, now, out, channel=failed_channel, provider=provider, **dead)
 
     def _dead(self, task: Task, reason: str, now: int, out: StageOutput, *, channel: str,
-              provider: str | None) -> None:
+              provider: str | None, **dead: str) -> None:
         """``failed`` and one dead letter with the reason and the attempt history."""
         out.unclaim.append(task.mark)
         out.statuses.append(Status.of(task.n, states.FAILED, now, channel=channel,
-                                      provider=provider, attempt=task.attempt, detail=reason))
+                                      provider=provider, attempt=task.attempt, detail=reason,
+                                      **dead))
         record = task.n.to_dict()
         record["attempts"] = task.history
         out.dead.append((task.n.id, dead_letter(record, reason, states.STAGE_DELIVERY, now)))
@@ -722,6 +729,15 @@ class BatchCalls:
         out.unclaim.append(task.mark)
         out.statuses.append(Status.of(task.n, states.EXPIRED, now, channel=task.channel,
                                       attempt=task.attempt, detail=detail))
+
+
+def dead_contact(task: Task) -> dict[str, str]:
+    """The contact a provider called dead, for the status event: its name and sha1 (the
+    status consumer removes it from the user record if the record still holds it)."""
+    contacts = task.contacts if task.contacts is not None else task.n.to
+    name = CONTACT_OF_CHANNEL.get(task.channel)
+    value = getattr(contacts, name, None) if name else None
+    return {"invalid_contact": name, "contact_sha1": contact_sha1(value)} if value else {}
 
 
 def in_turn(tasks: list[Task], later: list[Task]) -> list[Task]:

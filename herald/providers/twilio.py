@@ -1,7 +1,7 @@
 """Twilio SMS: ``POST {twilio_url}/2010-04-01/Accounts/{sid}/Messages.json``, basic auth, form.
 
-``StatusCallback`` is Settings' callback URL plus ``herald_id=<id>``, so delivery receipts name
-the notification. ``ValidityPeriod`` is what is left until ``expires_at`` (whole seconds,
+``StatusCallback`` is Settings' callback URL plus ``herald_id=<id>&tenant_id=<tenant>``, so
+delivery receipts name the notification (ids are per tenant). ``ValidityPeriod`` is what is left until ``expires_at`` (whole seconds,
 1..36000), so Twilio drops a message its queue could only deliver late.
 """
 from __future__ import annotations
@@ -50,9 +50,10 @@ TWILIO_CODES: dict[int, Rule] = {
 }
 
 
-def status_callback(settings: Settings, herald_id: str) -> str:
+def status_callback(settings: Settings, herald_id: str, tenant_id: str) -> str:
     base = settings.twilio_status_callback_url
-    return f"{base}{'&' if '?' in base else '?'}{urlencode({'herald_id': herald_id})}"
+    query = urlencode({"herald_id": herald_id, "tenant_id": tenant_id})
+    return f"{base}{'&' if '?' in base else '?'}{query}"
 
 
 @functools.lru_cache(maxsize=16)  # per request, like fcm.endpoint
@@ -82,7 +83,8 @@ class TwilioAdapter(ProviderAdapter):
                                 settings.twilio_auth_token)
         form = {"To": contacts.phone, "From": settings.twilio_from,
                 "Body": notification.content.body,
-                "StatusCallback": status_callback(settings, notification.id),
+                "StatusCallback": status_callback(settings, notification.id,
+                                                   notification.tenant_id),
                 "ValidityPeriod": str(validity)}
         return ProviderRequest("POST", url, headers, urlencode(form).encode("ascii"))
 

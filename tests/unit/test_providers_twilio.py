@@ -50,7 +50,7 @@ def test_request_matches_the_documented_example():
         assert form[key] == value
     callback = urlsplit(form["StatusCallback"])
     assert callback._replace(query="").geturl() == "http://postb.in/1234abcd"
-    assert parse_qs(callback.query) == {"herald_id": ["ntf-doc"]}
+    assert parse_qs(callback.query) == {"herald_id": ["ntf-doc"], "tenant_id": ["acme"]}
     assert form["ValidityPeriod"] == "30"
 
 
@@ -68,7 +68,8 @@ def test_callback_with_its_own_query_and_odd_ids_are_encoded():
     n = make_notification(id="cmp-spring:u-1&x=y")
     query = parse_qs(urlsplit(form_of(twilio.build_request(n, n.to, settings))[
         "StatusCallback"]).query)
-    assert query == {"tenant": ["acme"], "herald_id": ["cmp-spring:u-1&x=y"]}
+    assert query == {"tenant": ["acme"], "herald_id": ["cmp-spring:u-1&x=y"],
+                     "tenant_id": [n.tenant_id]}
 
 
 def test_no_phone_and_no_token():
