@@ -41,6 +41,11 @@ class Settings:
     # Redis
     redis_host: str = "127.0.0.1"
     redis_port: int = 16379
+    # Redis Cluster (docs/decisions/020-redis-cluster.md): every client is redis-py's
+    # RedisCluster, redis_host:redis_port one of its nodes. Or give redis_address as
+    # redis+cluster://host:port (redis://host:port: one server); it overrides host and port.
+    redis_cluster: bool = False
+    redis_address: str = ""
 
     # Semantics
     critical_default_ttl_ms: int = 300_000

@@ -43,12 +43,11 @@ class ApplyControlFunction(ProcessFunction):
         self.client = None
 
     def open(self, runtime_context: RuntimeContext):
-        import redis
-
         from herald.ratelimit import RedisRateLimiter
         from udfs.quotas import QuotaStore
         s = self.settings
-        self.client = redis.Redis(host=s.redis_host, port=s.redis_port)
+        from herald.redis_conn import redis_client
+        self.client = redis_client(s)
         self.store = QuotaStore(self.client, RedisRateLimiter(
             self.client, reserve_fraction=s.ratelimit_reserve_fraction,
             namespace=s.ratelimit_namespace))

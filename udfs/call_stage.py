@@ -80,8 +80,6 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-import redis
-
 from herald import preferences, retry as policy
 from herald import states
 from herald.breaker import CLOSED, CircuitBreakers
@@ -93,6 +91,7 @@ from herald.providers.registry import Registry
 from herald.receipts import CONTACT_OF_CHANNEL, contact_sha1
 from herald.retry import Attempt, ExponentialBackoffRetry, FallbackPolicy, TimeLeftPolicy
 from herald.quiet_hours import utc_iso
+from herald.redis_conn import redis_client
 from herald.settings import Settings
 from herald.templates import TemplateCache, TemplateError
 from udfs.http_client import (BEHIND_CHAIN, BODY_HELD, CONNECTING, IN_QUEUE, ChainHalted,
@@ -167,7 +166,7 @@ class BatchCalls:
         self.critical = priority == states.CRITICAL
         self.registry = registry or Registry()
         self.transport = make_transport(s)
-        self.redis = redis.Redis(host=s.redis_host, port=s.redis_port)
+        self.redis = redis_client(s)  # one server or Redis Cluster (herald.redis_conn)
         self.markers = SentMarkers(self.redis, s.dedup_ttl_ms)
         self.rates = ProviderRates(s, self.redis)
         self.retry = ExponentialBackoffRetry(max_attempts=s.retry_max_attempts,

@@ -6,6 +6,10 @@ users it holds. Never one request per message.
 The users are read by one Lua call for the whole batch (an HMGET per user queued from Python
 cost the stage ≈ 40 µs per notification in redis-py's command packing and reply parsing); a
 user that is not in the store answers one nil instead of nine.
+
+On Redis Cluster the keys of one batch are in many slots, so each is read by a command of its
+own (HMGET, GET) in the same cluster pipeline, which sends each node its share
+(docs/decisions/020-redis-cluster.md).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Iterable
 
 from herald.campaigns import cancelled_key
 from herald.models import Notification
+from herald.redis_conn import is_cluster, mget
 from herald.templates import template_key
 from herald.users import HASH_FIELDS, UserRecord, user_from_values, user_key
 
@@ -40,6 +45,7 @@ class BatchLookups:
         self.templates: dict[tuple[str, str], bytes | None] = {}
         self.cancelled: set[tuple[str, str]] = set()
         self._campaigns: dict[tuple[str, str], None] = {}
+        self._per_key = False  # queued one command per key (Redis Cluster)
 
     def want(self, n: Notification, *, user: bool) -> None:
         tenant = n.tenant_id
@@ -57,6 +63,8 @@ class BatchLookups:
 
     def queue(self, pipe) -> int:
         """Add the reads to ``pipe``; return how many answers they take."""
+        if is_cluster(pipe):
+            return self._queue_per_key(pipe)
         count = 0
         if self.users:
             pipe.evalsha(USERS_SHA, 0, *(user_key(t, u) for t, u in self.users))
@@ -69,7 +77,19 @@ class BatchLookups:
             count += 1
         return count
 
+    def _queue_per_key(self, pipe) -> int:
+        self._per_key = True
+        for t, u in self.users:
+            pipe.hmget(user_key(t, u), *HASH_FIELDS)
+        for t, name in self.templates:
+            pipe.get(template_key(t, name))
+        for t, c in self._campaigns:
+            pipe.get(cancelled_key(t, c))
+        return len(self.users) + len(self.templates) + len(self._campaigns)
+
     def read(self, answers: list) -> None:
+        if self._per_key:
+            return self._read_per_key(list(answers))
         rest = list(answers)
         if self.users:
             for key, values in zip(list(self.users), rest.pop(0)):
@@ -80,6 +100,15 @@ class BatchLookups:
             self.cancelled = {key for key, v in zip(self._campaigns, rest.pop(0))
                               if v is not None}
 
+    def _read_per_key(self, rest: list) -> None:
+        users, rest = rest[:len(self.users)], rest[len(self.users):]
+        for key, values in zip(list(self.users), users):
+            found = values is not None and any(v is not None for v in values)
+            self.users[key] = user_from_values(key[1], values) if found else None
+        templates, rest = rest[:len(self.templates)], rest[len(self.templates):]
+        self.templates = dict(zip(self.templates, templates))
+        self.cancelled = {key for key, v in zip(self._campaigns, rest) if v is not None}
+
     def is_cancelled(self, n: Notification) -> bool:
         return n.campaign_id is not None and (n.tenant_id, n.campaign_id) in self.cancelled
 
@@ -89,5 +118,5 @@ def cancelled_campaigns(client, campaigns: Iterable[tuple[str, str]]) -> set[tup
     keys = list(dict.fromkeys(campaigns))
     if not keys:
         return set()
-    found = client.mget([cancelled_key(t, c) for t, c in keys])
+    found = mget(client, [cancelled_key(t, c) for t, c in keys])
     return {key for key, v in zip(keys, found) if v is not None}

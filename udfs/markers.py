@@ -19,8 +19,11 @@ the Python side packs one command instead of one or two per id (the pipelined fo
 call stage ≈ 25 µs per notification), and the claim answers one string of one digit per id.
 One key per id, claimed with ``SET NX GET``, is one write each way: a ``sending`` key beside
 the ``sent`` one doubled the server's work (bench/results/delivery_throughput.md). The scripts
-build the key names, so they need one Redis (or, on Redis Cluster, every key of a batch in one
-slot: not done yet). ``SET ... NX GET`` needs Redis 7.0 or later.
+build the key names, so they need one Redis. On Redis Cluster (``herald.redis_conn``) the
+same keys are claimed and settled by scripts that take them as KEYS, one call per key, all in
+one cluster pipeline: the client sends each node its calls and follows MOVED and ASK during a
+reshard, and a call of one key never meets TRYAGAIN (a call of several keys of a slot half
+moved does, until the move ends). The old keys are read first, per slot. ``SET ... NX GET`` needs Redis 7.0 or later.
 
 Versions before the tenant scope kept ``herald:sent:{id}``. So that a restore from their
 checkpoints does not re-send what they sent, a notification created before the first start of
@@ -40,6 +43,8 @@ import time
 from typing import Iterable
 
 import redis
+
+from herald.redis_conn import is_cluster, mget
 
 MARKER = "herald:once:{}"  # the argument is ``marker(notification)``
 LEGACY = "herald:sent:{}"  # versions without the tenant scope: the id alone
@@ -94,6 +99,46 @@ end
 return #ARGV - 2
 """
 
+# Redis Cluster: the same steps on KEYS (of one slot; Herald passes one key per call). Claim ARGV: ttl_ms, then per key the value
+# of its old key ('' when none or not looked up) → one digit per key, as _CLAIM answers.
+_CLAIM_KEYS = """
+local ttl = ARGV[1]
+local out = {}
+for i, key in ipairs(KEYS) do
+  local old = redis.call('SET', key, '0', 'NX', 'PX', ttl, 'GET')
+  if not old then
+    local legacy = ARGV[1 + i]
+    if legacy == '1' then
+      out[i] = '1'
+      redis.call('SET', key, '1', 'PX', ttl)
+    elseif legacy ~= '' then
+      out[i] = '2'
+    else
+      out[i] = '0'
+    end
+  elseif old == '1' then
+    out[i] = '1'
+  else
+    out[i] = '2'
+  end
+end
+return table.concat(out)
+"""
+
+# Settle ARGV: ttl_ms, n: the first n KEYS were accepted, the rest released.
+_SETTLE_KEYS = """
+local ttl = ARGV[1]
+local n = tonumber(ARGV[2])
+for i, key in ipairs(KEYS) do
+  if i <= n then
+    redis.call('SET', key, '1', 'PX', ttl)
+  elseif redis.call('GET', key) == '0' then
+    redis.call('DEL', key)
+  end
+end
+return #KEYS
+"""
+
 SENT_BEFORE, IN_FLIGHT_AT_CRASH = ord("1"), ord("2")
 
 
@@ -116,6 +161,7 @@ class SentMarkers:
         self.old_keys_until = old_keys_before + ttl_ms
         self._claim = client.register_script(_CLAIM)
         self._settle = client.register_script(_SETTLE)
+        self.cluster = is_cluster(client)
         self._accepted: list[str] = []  # settles not sent yet (``settle(..., now=False)``)
         self._not_sent: list[str] = []
 
@@ -135,7 +181,9 @@ class SentMarkers:
             for i, n in enumerate(notes, 1):
                 if n.created_at < before:
                     args += (i, n.id)
-        if lookups is None and not self._pending():
+        if self.cluster:
+            found = self._claim_cluster(lookups, notes, marks)
+        elif lookups is None and not self._pending():
             found = self._claim(args=args)
         else:
             found = self._claim_with(lookups, args)
@@ -160,7 +208,7 @@ class SentMarkers:
         if time.time_ns() // 1_000_000 < self.old_keys_until:
             legacy = [(i, LEGACY.format(n.id)) for i, n in enumerate(notes)
                       if n.created_at < self.old_keys_before]
-        values = self.client.mget(keys + [k for _, k in legacy])
+        values = mget(self.client, keys + [k for _, k in legacy])
         found = values[:len(keys)]
         for (i, _), value in zip(legacy, values[len(keys):]):
             if found[i] is None:
@@ -194,6 +242,39 @@ class SentMarkers:
                 lookups.read(answers[1 if settle is not None else 0:extra])
             return answers[extra]
 
+    def _claim_cluster(self, lookups, notes: list, marks: list[str]) -> bytes:
+        """The claim on Redis Cluster: the old keys read first (only while they may exist),
+        then one pipeline of the waiting settles, the lookups' reads and one claim script per
+        key. EVAL, not EVALSHA: a node that takes over a slot during a reshard may never have
+        seen the script."""
+        keys = [MARKER.format(m) for m in marks]
+        legacy = [""] * len(keys)
+        if time.time_ns() // 1_000_000 < self.old_keys_until:
+            old = [(i, LEGACY.format(n.id)) for i, n in enumerate(notes)
+                   if n.created_at < self.old_keys_before]
+            if old:
+                for (i, _), value in zip(old, mget(self.client, [k for _, k in old])):
+                    legacy[i] = "" if value is None else value.decode()
+        pipe = self.client.pipeline(transaction=False)
+        settles = self._queue_settle_cluster(pipe, self._take_pending())
+        extra = lookups.queue(pipe) if lookups is not None else 0
+        for key, old in zip(keys, legacy):
+            pipe.execute_command("EVAL", _CLAIM_KEYS, 1, key, self.ttl_ms, old)
+        answers = pipe.execute()
+        if lookups is not None:
+            lookups.read(answers[settles:settles + extra])
+        return b"".join(answers[settles + extra:])
+
+    def _queue_settle_cluster(self, pipe, settle: list | None) -> int:
+        """Queue a settle (``_take_pending``'s arguments) as one script call per key."""
+        if settle is None:
+            return 0
+        ttl, n, marks = settle[0], settle[1], settle[2:]
+        for i, m in enumerate(marks):
+            pipe.execute_command("EVAL", _SETTLE_KEYS, 1, MARKER.format(m), ttl,
+                                 1 if i < n else 0)
+        return len(marks)
+
     def settle(self, accepted: Iterable[str], not_sent: Iterable[str] = (), *,
                now: bool = True) -> None:
         """Mark ``accepted`` sent and drop every claim, these and ``not_sent`` (markers, as
@@ -207,7 +288,13 @@ class SentMarkers:
     def flush(self) -> None:
         """Send the settles that waited (one round trip, none if nothing waits)."""
         settle = self._take_pending()
-        if settle is not None:
+        if settle is None:
+            return
+        if self.cluster:
+            pipe = self.client.pipeline(transaction=False)
+            self._queue_settle_cluster(pipe, settle)
+            pipe.execute()
+        else:
             self._settle(args=settle)
 
     def _pending(self) -> bool:
