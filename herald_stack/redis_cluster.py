@@ -107,6 +107,7 @@ class RedisClusterStack:
         ids = self.node_ids()
         src, dst = self.node(from_port), self.node(to_port)
         moved = 0
+        done = False
         try:
             dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[from_port])
             src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[to_port])
@@ -126,7 +127,28 @@ class RedisClusterStack:
                                                if p not in (to_port, from_port))):
                 with self.node(port) as client:
                     client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[to_port])
+            done = True
         finally:
+            if not done:  # leave no slot open (redis-cli would refuse the next reshard)
+                for client in (src, dst):
+                    client.execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
             src.close()
             dst.close()
         return moved
+
+    def reshard(self, from_port: int, to_port: int, slots: int) -> None:
+        """``redis-cli --cluster reshard``: move ``slots`` slots and their keys."""
+        ids = self.node_ids()
+        done = subprocess.run(
+            ["redis-cli", "--cluster", "reshard", f"{self.host}:{self.ports[0]}",
+             "--cluster-from", ids[from_port], "--cluster-to", ids[to_port],
+             "--cluster-slots", str(slots), "--cluster-yes"],
+            capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise StackError(f"redis-cli --cluster reshard: {done.stdout[-2000:]}{done.stderr}")
+
+    def slots_of(self, port: int) -> set[int]:
+        with self.node(self.ports[0]) as client:
+            return {slot for start, end, master, *_ in
+                    client.execute_command("CLUSTER", "SLOTS") if int(master[1]) == port
+                    for slot in range(start, end + 1)}
