@@ -100,7 +100,7 @@ def twilio_receipt(form: Mapping[str, str], query: Mapping[str, str]) -> Receipt
     if state is None:
         return None
     code_text = form.get("ErrorCode") or ""
-    code = int(code_text) if code_text.isdigit() else None
+    code = int(code_text) if code_text.isascii() and code_text.isdigit() else None
     dead = code in TWILIO_DEAD_NUMBER
     detail = f"twilio: {status}"
     if code is not None:
@@ -119,13 +119,14 @@ def sendgrid_receipts(events: Any) -> list[Receipt]:
     for i, event in enumerate(events):
         if not isinstance(event, dict):
             raise ValidationError(f"event {i} is not an object", f"{i}")
-        state = SENDGRID_FINAL.get(event.get("event"))
+        kind = event.get("event")
+        state = SENDGRID_FINAL.get(kind) if isinstance(kind, str) else None
         if state is None:
             continue
         sg_id = event.get("sg_message_id")
         if not isinstance(sg_id, str) or not sg_id:
             raise ValidationError(f"event {i} has no sg_message_id", f"{i}.sg_message_id")
-        kind, reason = event["event"], event.get("reason")
+        reason = event.get("reason") if isinstance(event.get("reason"), str) else None
         if kind == "bounce":
             dead = event.get("type", "bounce") == "bounce"  # "blocked" is a temporary refusal
         else:

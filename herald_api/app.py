@@ -502,6 +502,7 @@ def create_app(settings: Settings, *, redis=None, producer: Producer | None = No
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/openapi.json", openapi)
-    from herald_api import receipts  # the providers' receipts: no Bearer key, signed instead
+    from herald_api import receipts, webhooks  # receipts: no Bearer key, signed instead
     receipts.add_routes(app, settings, clock)
+    webhooks.add_routes(app)
     return app

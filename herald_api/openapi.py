@@ -220,6 +220,30 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"name": {"type": "string"}, "tenant_id": {"type": "string"},
                        "count": {"type": "integer", "minimum": 0},
                        "updated_at": {"type": "integer"}}},
+    "Webhook": {
+        "type": "object", "required": ["url", "secret"], "additionalProperties": False,
+        "properties": {"url": {"type": "string", "format": "uri", "maxLength": 2048,
+                               "description": "http(s) URL each final status is POSTed to"},
+                       "secret": {"type": "string", "minLength": 16, "maxLength": 256,
+                                  "description": "HMAC-SHA256 key of X-Herald-Signature"},
+                       "tenant_id": TENANT}},
+    "WebhookStored": {
+        "type": "object", "required": ["tenant_id", "url", "updated_at"],
+        "properties": {"tenant_id": {"type": "string"}, "url": {"type": "string"},
+                       "updated_at": {"type": "integer"}}},
+    "ReceiptsRecorded": {
+        "type": "object", "required": ["receipts"],
+        "properties": {"receipts": {"type": "integer", "minimum": 0}}},
+    "TwilioStatusCallback": {
+        "type": "object", "additionalProperties": {"type": "string"},
+        "properties": {k: {"type": "string"} for k in (
+            "MessageSid", "MessageStatus", "ErrorCode", "To", "From", "AccountSid")}},
+    "SendGridEvents": {
+        "type": "array", "items": {
+            "type": "object",
+            "properties": {"event": {"type": "string"}, "sg_message_id": {"type": "string"},
+                           "email": {"type": "string"}, "timestamp": {"type": "integer"},
+                           "reason": {"type": "string"}, "type": {"type": "string"}}}},
 }
 
 NOTIFICATION_ID = _path("id", ID, "the notification id")
@@ -307,6 +331,32 @@ def build_openapi(settings: Settings) -> dict:
                         "parameters": [TEMPLATE],
                         "responses": {"200": _json(_ref("TemplateStored"), "Stored template"),
                                       **read_errors}}},
+            "/v1/webhook": {
+                "put": {"operationId": "putWebhook",
+                        "summary": "Register (replace) the tenant's webhook: each final status "
+                                   "is POSTed there, signed",
+                        "requestBody": _body(_ref("Webhook")),
+                        "responses": {"200": _json(_ref("WebhookStored"), "Stored"),
+                                      **_errors(400, 401, 403, 413, 415, 422, 503)}},
+                "get": {"operationId": "getWebhook", "summary": "The tenant's webhook (no secret)",
+                        "responses": {"200": _json(_ref("WebhookStored"), "Registered"),
+                                      **_errors(401, 404, 503)}},
+                "delete": {"operationId": "deleteWebhook", "summary": "Stop calling it",
+                           "responses": {"204": {"description": "Removed (or there was none)"},
+                                         **_errors(401, 503)}}},
+            "/v1/receipts/twilio": {"post": {
+                "operationId": "twilioReceipt", "security": [],
+                "summary": "Twilio's status callback (checked by X-Twilio-Signature)",
+                "requestBody": {"required": True, "content": {
+                    "application/x-www-form-urlencoded": {"schema": _ref("TwilioStatusCallback")}}},
+                "responses": {"200": _json(_ref("ReceiptsRecorded"), "Recorded"),
+                              **_errors(403, 409, 413, 422, 503)}}},
+            "/v1/receipts/sendgrid": {"post": {
+                "operationId": "sendgridReceipt", "security": [],
+                "summary": "SendGrid's Event Webhook (checked by ?token= when configured)",
+                "requestBody": _body(_ref("SendGridEvents")),
+                "responses": {"200": _json(_ref("ReceiptsRecorded"), "Recorded"),
+                              **_errors(400, 403, 409, 413, 422)}}},
             "/healthz": {"get": {
                 "operationId": "healthz", "summary": "Liveness", "security": [],
                 "responses": {"200": _json({"type": "object", "required": ["status"],

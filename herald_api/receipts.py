@@ -8,8 +8,8 @@ its notification by the provider's message id (the audit consumer's index of ``d
 events), else by the ids the provider echoes, and written to ``herald.status`` as
 ``delivered_to_handset`` or ``bounced``; a bounce for a dead number or address carries
 ``invalid_contact`` so the audit consumer removes it from the user record. A receipt whose
-notification is not known yet (the audit consumer behind) is answered 503, so the provider
-sends it again; one Herald cannot place at all is acknowledged and counted as unmatched.
+notification is not known yet (the audit consumer behind) is answered 409, so the provider
+sends it again (SendGrid retries any non-2xx); one Herald cannot place at all is acknowledged and counted as unmatched.
 """
 from __future__ import annotations
 
@@ -72,8 +72,8 @@ class Receipts:
                 "channel": CHANNEL_OF_PROVIDER[receipt.provider]}
 
     async def record(self, receipts: list[Receipt]) -> int:
-        """Write the status event of each receipt; ``Unavailable``-like 503 if one's
-        notification is not filed yet (the others are written: a resend stores them once)."""
+        """Write the status event of each receipt; 409 if one's notification is not filed yet
+        (the others are written: a resend stores them once)."""
         later = 0
         for receipt in receipts:
             meta = await self.meta(receipt)
@@ -92,9 +92,9 @@ class Receipts:
             await self.producer.send("status", self.settings.topic_status, event["id"],
                                      orjson.dumps(event))
             self.recorded += 1
-        if later:
-            raise ApiError(503, "unavailable", f"{later} receipt(s) name notifications not yet "
-                                               "filed; send them again", None,
+        if later:  # 409, not a 5xx: the API answers no input with a 5xx
+            raise ApiError(409, "not_filed_yet", f"{later} receipt(s) name notifications not "
+                                                 "yet filed; send them again", None,
                            {"Retry-After": "1"})
         return len(receipts)
 

@@ -444,8 +444,8 @@ class MockState:
         task.add_done_callback(self._callback_tasks.discard)
 
     async def _post_all(self, callbacks: list[Callback]) -> None:
-        """POST one message's receipts in order, each retried on a 5xx or a lost connection
-        (0.2 s doubling, 6 tries) as the providers do; a 4xx is not retried."""
+        """POST one message's receipts in order, each retried on a 5xx, 409, 429 or a lost
+        connection (0.2 s doubling, 6 tries), as the providers retry; other 4xx are not."""
         import aiohttp
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
@@ -458,7 +458,7 @@ class MockState:
                         status = answer.status
                 except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                     status = None
-                if status is not None and status < 500:
+                if status is not None and status < 500 and status not in (409, 429):
                     break
                 if attempt + 1 < CALLBACK_TRIES:
                     await asyncio.sleep(0.2 * 2 ** attempt)

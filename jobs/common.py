@@ -130,6 +130,14 @@ def register_tables(t_env, filename: str, settings: Settings, **extra: str) -> N
         t_env.execute_sql(statement)
 
 
+def register_kafka_sources(t_env, settings: Settings,
+                           sources: dict[str, tuple[str, str]]) -> None:
+    """One sql/kafka_source.sql table per name → (topic, consumer group suffix)."""
+    for table, (topic, group) in sources.items():
+        register_tables(t_env, "kafka_source.sql", settings, table=table, topic=topic,
+                        group=group)
+
+
 def register_payload_sinks(t_env, settings: Settings, sinks: dict[str, str]) -> None:
     """One sql/payload_sink.sql table per name → topic."""
     for sink, topic in sinks.items():

@@ -19,8 +19,8 @@ if __package__ in (None, ""):  # `flink run -py jobs/delivery.py` runs this file
 
 from herald import states
 from herald.settings import Settings, load_settings
-from jobs.common import (checkpoint_dir, register_payload_sinks, register_tables, run_job,
-                         sql_statements)
+from jobs.common import (checkpoint_dir, register_kafka_sources, register_payload_sinks,
+                         register_tables, run_job, sql_statements)
 
 CLASSES = (states.CRITICAL, states.PROMOTIONAL)
 
@@ -49,8 +49,8 @@ def job_settings(settings: Settings) -> tuple[str, Settings]:
 
 
 def build_pipeline(env, t_env, settings: Settings) -> None:
-    """Wire both classes; the sources are the tables in sql/kafka_tables.sql, the sinks
-    sql/payload_sink.sql's."""
+    """Wire both classes; the sources are sql/kafka_source.sql's tables (and the control
+    table of sql/kafka_tables.sql), the sinks sql/payload_sink.sql's."""
     from pyflink.common import Types
     from operators.calls import CallBatchFunction
     from operators.control import KINDS as CONTROL_KINDS
@@ -63,6 +63,11 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
 
     # Record timestamps convert to epoch ms in UTC (sql/batches.sql: the log's clock).
     t_env.get_config().set("table.local-time-zone", "UTC")
+    register_kafka_sources(t_env, settings, {
+        "critical_in": (settings.topic_critical, "critical"),
+        "promo_in": (settings.topic_promo, "promo"),
+        "retry_critical_in": (settings.topic_retry_critical, "retry-critical"),
+        "retry_promo_in": (settings.topic_retry_promo, "retry-promo")})
     register_tables(t_env, "kafka_tables.sql", settings)
     wanted = job_classes(settings)
     lanes = settings.gate_lanes or env.get_parallelism()

@@ -78,6 +78,8 @@ def test_sendgrid_events():
         (states.BOUNCED, True), (states.BOUNCED, False)]
     assert {r.message_id for r in got} == {"abc123"}  # X-Message-Id, the suffix cut
     assert got[0].at == 1_764_000_001_000 and got[0].herald_id == "n-1"
+    odd = sendgrid_receipts([{"event": {"x": 1}}, sg_event("dropped", reason={"x": 1})])
+    assert [(r.state, r.dead) for r in odd] == [(states.BOUNCED, False)]  # no crash on types
     for bad in ({"event": "delivered"}, [{"event": "delivered"}], ["x"]):
         with pytest.raises(ValidationError):
             sendgrid_receipts(bad)
