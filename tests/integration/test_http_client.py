@@ -17,7 +17,7 @@ from herald.providers.base import ProviderRequest
 from herald.providers.registry import Registry
 from herald.settings import Settings
 from herald_stack.processes import free_port
-from tests.helpers_mocks import MockProcess, make_notification
+from tests.helpers_mocks import make_notification
 from udfs.http_client import (BEFORE_WRITE, BEHIND_CHAIN, CONNECTING, IN_QUEUE,
                               BlockingBatchClient, ChainHalted, ConnectError, ConnectionClosed,
                               ConnectionTurnedAway, DeadlinePassed,
@@ -25,17 +25,10 @@ from udfs.http_client import (BEFORE_WRITE, BEHIND_CHAIN, CONNECTING, IN_QUEUE,
                               UnsupportedRequest)
 
 
-@pytest.fixture(scope="module")
-def mock():
-    proc = MockProcess("--provider", "fcm")
-    yield proc
-    proc.stop()
-
-
 @pytest.fixture
-def fcm(mock):
-    mock.reset()
-    return mock
+def fcm(fcm_module):
+    fcm_module.reset()
+    return fcm_module
 
 
 def fcm_request(url: str, herald_id: str, user: str = "u-1") -> ProviderRequest:

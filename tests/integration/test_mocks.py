@@ -187,17 +187,10 @@ def test_unauthorised_requests_are_rejected_in_the_providers_shape(h):
 
 # ------------------------------------------------------------------ one provider is enough
 
-@pytest.fixture(scope="module")
-def fcm_mock():
-    mock = MockProcess("--provider", "fcm")
-    yield mock
-    mock.stop()
-
-
 @pytest.fixture
-def fcm(fcm_mock):
-    fcm_mock.reset()
-    return Harness("fcm", fcm_mock)
+def fcm(fcm_module):
+    fcm_module.reset()
+    return Harness("fcm", fcm_module)
 
 
 def test_refused_connections_during_a_refuse_outage(fcm):
