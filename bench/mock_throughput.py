@@ -6,8 +6,8 @@ pipelining), bounded by a request count and a duration. Loopback only. Reports r
 mock's own CPU use (from /proc, so "per core" is measured, not assumed), latency percentiles,
 and checks that the mock's log holds exactly as many records as the client sent.
 
-The APNs section compares two HTTP/2 clients against the APNs mock (our tiny h2 client and,
-when installed, httpx[http2]); that measurement is what herald/providers/apns.py cites.
+The APNs section compares two HTTP/2 clients against the APNs mock (Herald's own, udfs/h2_client.py,
+and, when installed, httpx[http2]); that measurement is what herald/providers/apns.py cites.
 
     .venv/bin/python bench/mock_throughput.py              # fcm, twilio, sendgrid; apns clients
     .venv/bin/python bench/mock_throughput.py --providers fcm --no-apns --duration 8
@@ -207,16 +207,18 @@ def run_http1(provider: str, connections: int, requests: int, duration: float) -
 
 # ---------------------------------------------------------------- APNs: HTTP/2 clients
 
-async def _apns_tiny(port: int, n: int, concurrency: int) -> float:
-    from herald_mocks.h2client import H2Client
-    client = await H2Client.connect("127.0.0.1", port)
+async def _apns_herald(port: int, n: int, concurrency: int) -> float:
+    from herald.providers.base import ProviderRequest
+    from udfs.h2_client import H2Client
+    client = H2Client()
     sem = asyncio.Semaphore(concurrency)
     headers, body = _apns_request(port)
+    url = f"http://127.0.0.1:{port}/3/device/"
 
     async def one(i: int) -> int:
         async with sem:
-            status, _, _ = await client.request("POST", f"/3/device/{i:064x}", headers, body)
-            return status
+            req = ProviderRequest("POST", f"{url}{i:064x}", headers, body, http2=True)
+            return (await client.request(req)).status
 
     t0 = time.perf_counter()
     statuses = await asyncio.gather(*(one(i) for i in range(n)))
@@ -259,7 +261,7 @@ def _apns_request(port: int) -> tuple[dict[str, str], bytes]:
 
 
 def apns_client_main(args) -> None:
-    fn = {"tiny-h2": _apns_tiny, "httpx": _apns_httpx}[args.apns_client]
+    fn = {"herald-h2": _apns_herald, "httpx": _apns_httpx}[args.apns_client]
     elapsed = asyncio.run(fn(args.port, args.requests, args.connections))
     print(json.dumps({"client": args.apns_client, "requests": args.requests,
                       "concurrency": args.connections, "elapsed_s": round(elapsed, 3),
@@ -268,7 +270,7 @@ def apns_client_main(args) -> None:
 
 def run_apns_clients(requests: int, concurrency: int) -> list[dict]:
     results = []
-    for client in ("tiny-h2", "httpx"):
+    for client in ("herald-h2", "httpx"):
         if client == "httpx":
             probe = subprocess.run([sys.executable, "-c", "import httpx, h2"],
                                    capture_output=True, env=_env())
@@ -312,12 +314,13 @@ def write_report(results: list[dict], apns: list[dict], args) -> None:
     meta = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "python": platform.python_version(), "cpus": os.cpu_count(),
             "connections": args.connections, "max_requests": args.requests,
-            "duration_s": args.duration}
+            "duration_s": args.duration, "load_1m_at_end": round(os.getloadavg()[0], 2)}
     (RESULTS / "mock_throughput.json").write_text(
         json.dumps({"meta": meta, "http1": results, "apns_clients": apns}, indent=2) + "\n")
     lines = ["# Mock provider throughput", "",
              f"{meta['when']}, Python {meta['python']}, {meta['cpus']} cores shared with the "
-             "load generator (a separate process). Keep-alive HTTP/1.1, one request in flight "
+             f"load generator (a separate process) and other work (load "
+             f"{meta['load_1m_at_end']} at the end). Keep-alive HTTP/1.1, one request in flight "
              f"per connection, {args.connections} connections, at most {args.requests} "
              f"requests or {args.duration} s. Command: `.venv/bin/python "
              "bench/mock_throughput.py`.", "",
@@ -335,8 +338,9 @@ def write_report(results: list[dict], apns: list[dict], args) -> None:
         lines += ["", "## APNs over HTTP/2 (h2c): which client", "",
                   f"One connection, {args.apns_concurrency} concurrent streams, "
                   f"{args.apns_requests} requests, the adapter's real headers and ES256 token. "
-                  "tiny-h2 is herald_mocks/h2client.py; httpx is httpx[http2] from "
-                  "BENCH_EXTRA_PATH (a `pip install --target` dir, kept out of the venv).", "",
+                  "herald-h2 is Herald's own client (udfs/h2_client.py); httpx is "
+                  "httpx[http2] from BENCH_EXTRA_PATH (a `pip install --target` dir, kept out "
+                  "of the venv).", "",
                   "| client | req/s | elapsed s | client CPU s | mock CPU s |",
                   "|---|---|---|---|---|"]
         for r in apns:
@@ -345,7 +349,8 @@ def write_report(results: list[dict], apns: list[dict], args) -> None:
             else:
                 lines.append(f"| {r['client']} | {r['rps']:.0f} | {r['elapsed_s']} | "
                              f"{r['client_cpu_s']} | {r['mock_cpu_s']} |")
-    (RESULTS / "mock_throughput.md").write_text("\n".join(lines) + "\n")
+    from bench.common import write_markdown  # keeps the file's hand-written Reading
+    write_markdown(RESULTS / "mock_throughput.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

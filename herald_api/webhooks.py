@@ -34,6 +34,7 @@ from kafka.errors import CommitFailedError
 
 from herald.errors import ValidationError
 from herald.models import load_object
+from herald.redis_conn import redis_client as make_redis
 from herald.settings import Settings, load_settings
 from herald.webhooks import (EVENT_ID_HEADER, SIGNATURE_HEADER, RetryPolicy, Webhook, body_of,
                              event_id, sign, succeeded, wants, webhook_from_dict)
@@ -110,8 +111,7 @@ class WebhookDispatcher:
     def __init__(self, settings: Settings, *, redis_client: redis.Redis | None = None,
                  rng: random.Random | None = None, threads: int = 8):
         self.settings = settings
-        self.redis = redis_client or redis.Redis(host=settings.redis_host,
-                                                 port=settings.redis_port, socket_timeout=10)
+        self.redis = redis_client or make_redis(settings, socket_timeout=10)
         self.policy = RetryPolicy(settings.webhook_backoff_ms, settings.webhook_backoff_max_ms,
                                   settings.webhook_max_attempts)
         self.rng = rng or random.Random()
@@ -150,8 +150,10 @@ class WebhookDispatcher:
         for tenant in {j["tenant_id"] for j in jobs}:
             found = _text(self.redis.hgetall(webhook_key(tenant)))
             hooks[tenant] = Webhook(found["url"], found["secret"]) if found else None
-        sent_before = self.redis.mget([done_key(j["tenant_id"], j["event_id"]) for j in jobs]) \
-            if jobs else []
+        with self.redis.pipeline(transaction=False) as pipe:  # one key a command: a cluster too
+            for j in jobs:
+                pipe.get(done_key(j["tenant_id"], j["event_id"]))
+            sent_before = pipe.execute() if jobs else []
         todo, seen = [], set()
         for job, done in zip(jobs, sent_before):
             key = (job["tenant_id"], job["event_id"])

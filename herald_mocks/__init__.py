@@ -32,6 +32,13 @@ client address; one more is reset, its request unread; ``connections_reset`` in 
 POST also takes ``invalid_add``/``invalid_remove`` and an outage as
 ``{"mode", "start_in_s", "duration_s"}``.
 
+Delivery receipts (off by default): ``{"callbacks": true}`` makes the Twilio mock post status
+callbacks to each message's ``StatusCallback`` (sent, then delivered, signed with
+``X-Twilio-Signature``) and, with ``"callback_url"``, the SendGrid mock post its Event Webhook
+(processed, then delivered); a recipient in ``"bounce": [...]`` is accepted and its receipt says
+undelivered (Twilio ErrorCode 30005) or bounced. ``callbacks_sent``/``callbacks_failed`` are in
+the stats. Dead push tokens are the ``invalid`` list (FCM UNREGISTERED, APNs 410 Unregistered).
+
 This package may import ``herald``; the ``herald`` core must never import it.
 """
 from herald_mocks.core import MockConfig, MockState, Reply, Request

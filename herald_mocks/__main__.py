@@ -61,6 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="an outage starting START_S seconds after start-up")
     ap.add_argument("--max-client-connections", type=int, metavar="N",
                     help="serve at most N connections per client address; reset the others")
+    ap.add_argument("--callbacks", action="store_true",
+                    help="post delivery receipts (Twilio status callbacks, SendGrid events)")
+    ap.add_argument("--callback-url", metavar="URL",
+                    help="where receipts go (SendGrid needs it; Twilio: instead of StatusCallback)")
+    ap.add_argument("--bounce", action="append", default=[], metavar="RECIPIENT",
+                    help="accept, then report undeliverable in the receipt")
     args = ap.parse_args(argv)
     if args.all and args.log and "{provider}" not in args.log:
         ap.error("--log with --all needs '{provider}' in the file name")
@@ -77,7 +83,9 @@ def config_from_args(args: argparse.Namespace) -> MockConfig:
     changes: dict = {"quota_rps": args.quota, "latency_ms": args.latency_ms,
                      "latency_jitter_ms": args.latency_jitter_ms,
                      "failure_rate": args.failure_rate, "seed": args.seed, "invalid": invalid,
-                     "max_client_connections": args.max_client_connections}
+                     "max_client_connections": args.max_client_connections,
+                     "callbacks": args.callbacks, "callback_url": args.callback_url,
+                     "bounce": list(args.bounce)}
     if args.outage:
         parts = args.outage.split(":")
         try:

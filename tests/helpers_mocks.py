@@ -150,15 +150,12 @@ def send(req: ProviderRequest, session: requests.Session | None = None,
 
 async def send_h2(reqs: list[ProviderRequest], timeout: float = 10.0
                   ) -> list[tuple[int, dict, bytes]]:
-    """Send HTTP/2 requests concurrently on one connection, as an APNs client would."""
-    from herald_mocks.h2client import H2Client
-    parts = urlsplit(reqs[0].url)
-    client = await H2Client.connect(parts.hostname, parts.port, timeout=timeout)
+    """Send HTTP/2 requests concurrently on one connection, as an APNs client would (Herald's
+    own client, udfs/h2_client.py)."""
+    from udfs.h2_client import H2Client
+    client = H2Client(timeout_s=timeout)
     try:
-        async def one(req: ProviderRequest):
-            target = urlsplit(req.url)
-            path = target.path + (f"?{target.query}" if target.query else "")
-            return await client.request(req.method, path, dict(req.headers), req.body, timeout)
-        return list(await asyncio.gather(*(one(r) for r in reqs)))
+        answers = await asyncio.gather(*(client.request(r) for r in reqs))
+        return [(a.status, dict(a.headers), a.body) for a in answers]
     finally:
         await client.close()

@@ -1,12 +1,10 @@
 """A small HTTP/2 client for the provider calls that need it (APNs): one connection per origin,
 many concurrent streams, on ``h2``.
 
-Started from ``herald_mocks/h2client.py`` (the measured choice for APNs: ~3k req/s at ~0.18 ms
-client CPU per request against ~1.0 ms for httpx[http2]); herald's own code must not import the
-mocks, so the protocol part is here, with what the delivery path needs on top: a timeout per
-request, a reconnect when the connection is lost or GOAWAY'd, TLS with ALPN ``h2`` for the real
-APNs, and ``send_batch`` with the same contract as ``udfs.http_client.HttpClient.send_batch``
-(answers in input order, per-key chains, ``stop_chain``, and a request's ``deadline``: never
+Chosen over httpx[http2] by measurement (bench/results/mock_throughput.md). On top of the
+protocol: a timeout per request, a reconnect when the connection is lost or GOAWAY'd, TLS with
+ALPN ``h2`` for the real APNs, and ``send_batch`` with the same contract as
+``udfs.http_client.HttpClient.send_batch`` (answers in input order, per-key chains, ``stop_chain``, and a request's ``deadline``: never
 written at or after it, whether it waited behind its chain, for a stream or for the
 connection; its answer awaited until then at most).
 """

@@ -9,13 +9,10 @@ The provider token is signed once and reused for 50 minutes: Apple rejects token
 an hour (ExpiredProviderToken) and throttles refreshes more often than every 20 minutes
 (TooManyProviderTokenUpdates). ``classify`` drops the cached token on ExpiredProviderToken.
 
-HTTP/2 client for APNs (the delivery engine's to own; measured with bench/mock_throughput.py
-against the APNs mock: one h2c connection, 100 concurrent streams, 8,000 and 20,000 requests,
-2 shared cores). A ~150-line asyncio client on ``h2`` (herald_mocks/h2client.py) did
-~2,800-3,000 req/s at ~0.18 ms client CPU per request; httpx[http2] 0.28 did ~725 req/s at
-~1.0 ms CPU per request (its per-request machinery, not HTTP/2, is the cost). So: a small
-h2-based client, one connection per APNs host, many streams; httpx only if its extras (proxies,
-pooling) are ever needed. The mock's h2 server, not the client, then bounds APNs tests at ~6k/s.
+HTTP/2 client for APNs: Herald's own small client on ``h2`` (udfs/h2_client.py), one
+connection per APNs host and many streams; bench/results/mock_throughput.md measures it against
+httpx[http2] (about five times the requests per client CPU-second), so httpx only if its extras
+(proxies, pooling) are ever needed.
 """
 from __future__ import annotations
 
