@@ -13,8 +13,8 @@ send the receipts:
   ``bounce`` and ``dropped`` → ``bounced`` (a dead address for a hard bounce or a drop for a
   bounced/invalid address). ``sg_message_id`` is the ``X-Message-Id`` of the send plus a
   ``.filter...`` suffix. SendGrid signs its events with ECDSA (``X-Twilio-Email-Event-Webhook-
-  Signature``, over the timestamp header and the body, with the account's public key); Herald
-  checks a shared secret in the webhook URL instead (``?token=``), see docs/CONTRACT.md.
+  Signature``, over the ``...-Timestamp`` header and the body): checked when the account's
+  verification key is configured; a shared secret in the webhook URL (``?token=``) as well.
 
 A receipt names the provider's message id; Herald maps it to (tenant, notification id) with the
 index the audit consumer keeps from the ``provider_message_id`` of each ``delivered`` event
@@ -142,6 +142,30 @@ def sendgrid_receipts(events: Any) -> list[Receipt]:
                            hid if isinstance(hid, str) else None,
                            tenant if isinstance(tenant, str) else None))
     return out
+
+
+SENDGRID_SIGNATURE = "X-Twilio-Email-Event-Webhook-Signature"
+SENDGRID_TIMESTAMP = "X-Twilio-Email-Event-Webhook-Timestamp"
+
+
+def sendgrid_signature_ok(public_key_b64: str, signature_b64: str | None,
+                          timestamp: str | None, body: bytes) -> bool:
+    """SendGrid's signed Event Webhook: ECDSA P-256 / SHA-256 over the timestamp header's
+    text followed by the raw body; the key and the signature are base64 DER."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    if not signature_b64 or not timestamp:
+        return False
+    try:
+        key = serialization.load_der_public_key(base64.b64decode(public_key_b64))
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            return False
+        key.verify(base64.b64decode(signature_b64, validate=True),
+                   timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+        return True
+    except (InvalidSignature, ValueError, TypeError):  # binascii.Error is a ValueError
+        return False
 
 
 def secret_ok(expected: str, given: str | None) -> bool:

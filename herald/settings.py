@@ -171,6 +171,9 @@ class Settings:
     # SendGrid's Event Webhook posts to /v1/receipts/sendgrid; when set, it must carry
     # ``?token=<this>`` in the URL configured at SendGrid (a shared secret; see CONTRACT.md)
     sendgrid_webhook_secret: str = _secret()
+    # SendGrid's signed Event Webhook: its verification key (base64 DER, as SendGrid shows it);
+    # when set, each POST's ECDSA signature over timestamp + body must verify
+    sendgrid_webhook_public_key: str = ""
 
     # Tenant webhooks (herald_api.webhooks): each final status POSTed to the tenant's URL, signed
     webhook_consumer_group: str = "herald-webhooks"

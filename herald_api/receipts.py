@@ -2,8 +2,9 @@
 ``POST /v1/receipts/sendgrid``.
 
 These two endpoints carry no Bearer key (a provider has none): Twilio's are checked by their
-``X-Twilio-Signature`` (the auth token Herald sends with), SendGrid's by the shared secret in
-the webhook URL (``?token=``, when ``sendgrid_webhook_secret`` is set). A receipt is matched to
+``X-Twilio-Signature`` (the auth token Herald sends with), SendGrid's by their ECDSA signature
+(when ``sendgrid_webhook_public_key`` is set) and the shared secret in the webhook URL
+(``?token=``, when ``sendgrid_webhook_secret`` is set). A receipt is matched to
 its notification by the provider's message id (the audit consumer's index of ``delivered``
 events), else by the ids the provider echoes, and written to ``herald.status`` as
 ``delivered_to_handset`` or ``bounced``; a bounce for a dead number or address carries
@@ -24,9 +25,10 @@ from herald import states
 from herald.errors import ValidationError
 from herald.providers.base import credential
 from herald.providers.exceptions import ProviderConfigError
-from herald.receipts import (CONTACT_OF_CHANNEL, SENDGRID, TWILIO, Receipt, contact_sha1,
-                             message_key, receipt_status, secret_ok, sendgrid_receipts,
-                             twilio_receipt, twilio_signature_ok)
+from herald.receipts import (CONTACT_OF_CHANNEL, SENDGRID, SENDGRID_SIGNATURE,
+                             SENDGRID_TIMESTAMP, TWILIO, Receipt, contact_sha1, message_key,
+                             receipt_status, secret_ok, sendgrid_receipts,
+                             sendgrid_signature_ok, twilio_receipt, twilio_signature_ok)
 from herald.settings import Settings
 from herald_api.errors import ApiError
 from herald_api.store import audit_key
@@ -124,10 +126,17 @@ async def post_twilio(request: web.Request) -> web.Response:
 
 async def post_sendgrid(request: web.Request) -> web.Response:
     receipts: Receipts = request.app[RECEIPTS]
-    if not secret_ok(receipts.settings.sendgrid_webhook_secret, request.query.get("token")):
+    settings = receipts.settings
+    if not secret_ok(settings.sendgrid_webhook_secret, request.query.get("token")):
         raise ApiError(403, "forbidden", "the webhook URL's token does not match", "token")
+    raw = await request.read()
+    if settings.sendgrid_webhook_public_key and not sendgrid_signature_ok(
+            settings.sendgrid_webhook_public_key, request.headers.get(SENDGRID_SIGNATURE),
+            request.headers.get(SENDGRID_TIMESTAMP), raw):
+        raise ApiError(403, "forbidden", f"{SENDGRID_SIGNATURE} does not verify",
+                       SENDGRID_SIGNATURE)
     try:
-        events: Any = orjson.loads(await request.read())
+        events: Any = orjson.loads(raw)
         found = sendgrid_receipts(events)
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "malformed_json", f"the body is not JSON: {exc}", None) from None

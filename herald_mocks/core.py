@@ -97,6 +97,10 @@ class MockProvider:
         order (none for push: FCM and APNs answer dead tokens on the send itself)."""
         return []
 
+    def admin_info(self) -> dict:
+        """Provider-specific fields for ``/_mock/stats`` (e.g. a verification key)."""
+        return {}
+
 
 class Callback:
     """One receipt POST the mock makes: where, what, with which headers."""
@@ -538,7 +542,8 @@ class MockState:
                 "callbacks_sent": self.callbacks_sent, "callbacks_failed": self.callbacks_failed,
                 "client_connections": sum(self.client_connections.values()),
                 "since_ms": self.reset_ms, "started_ms": self.started_ms,
-                "log_file": self.log_path, "config": self.config.to_dict()}
+                "log_file": self.log_path, "config": self.config.to_dict(),
+                **self.provider.admin_info()}
 
     def _reset(self, body: dict) -> Reply:
         """Forget log and counters (and truncate the log file); ``{"config": true}`` also

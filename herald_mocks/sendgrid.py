@@ -8,15 +8,22 @@ With ``callbacks`` on and a ``callback_url`` (SendGrid's Event Webhook URL is se
 each accepted message gets one Event Webhook POST: a JSON array with its ``processed`` and
 ``delivered`` events, or ``bounce`` (type ``bounce``, SMTP 5.1.1) for an address in ``bounce``;
 each event carries ``sg_message_id`` (``X-Message-Id`` plus a ``.filter...`` suffix), ``email``,
-``timestamp`` (epoch s), ``sg_event_id`` and the message's ``custom_args`` at its top level.
+``timestamp`` (epoch s), ``sg_event_id`` and the message's ``custom_args`` at its top level,
+signed as SendGrid signs it (ECDSA P-256 over the timestamp header and the body) with a key
+the mock makes at start; its verification key is ``event_webhook_public_key`` in the stats.
 """
 from __future__ import annotations
 
+import base64
 import itertools
 import random
 import re
 
 import orjson
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from herald.receipts import SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP
 
 from herald_mocks.core import (Callback, MockProvider, Parsed, Reply, Request, json_reply,
                                now_epoch_ms)
@@ -45,6 +52,7 @@ class SendGridMock(MockProvider):
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._boot = now_epoch_ms()
+        self._key: ec.EllipticCurvePrivateKey | None = None  # signs the Event Webhook
 
     def parse(self, req: Request) -> Parsed:
         if req.path != "/v3/mail/send":
@@ -176,8 +184,24 @@ class SendGridMock(MockProvider):
         events = [{**base, "event": "processed"}, {**base, **last}]
         for i, event in enumerate(events):
             event["sg_event_id"] = f"{message_id}-{i}"
-        return [Callback(callback_url, orjson.dumps(events),
-                         {"Content-Type": "application/json"})]
+        body = orjson.dumps(events)
+        timestamp = str(now_ms // 1000)
+        signature = self._signing_key().sign(timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+        return [Callback(callback_url, body, {
+            "Content-Type": "application/json",
+            SENDGRID_SIGNATURE: base64.b64encode(signature).decode(),
+            SENDGRID_TIMESTAMP: timestamp})]
+
+    def _signing_key(self) -> ec.EllipticCurvePrivateKey:
+        if self._key is None:
+            self._key = ec.generate_private_key(ec.SECP256R1())
+        return self._key
+
+    def admin_info(self) -> dict:
+        """The Event Webhook's verification key (base64 DER), as SendGrid's settings show it."""
+        public = self._signing_key().public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return {"event_webhook_public_key": base64.b64encode(public).decode()}
 
     def accept(self, parsed: Parsed, seq: int, now_ms: int) -> tuple[Reply, str]:
         message_id = f"hm{self._boot:x}{next(self._ids):010x}"

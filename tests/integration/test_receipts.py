@@ -1,7 +1,7 @@
 """Delivery receipts and token hygiene against the real Kafka and Redis: the call stage sends to
 mocks of this module's own that post Twilio status callbacks and SendGrid events to the API's
-receipt endpoints; the audit consumer (running in a thread, as ``python -m herald_api.audit``
-does) files the status events and removes dead contacts. The call stage runs without Flink
+receipt endpoints (SendGrid's signed with the mock's ECDSA key, whose verification key the API
+is given); the audit consumer (running in a thread, as ``python -m herald_api.audit`` does) files the status events and removes dead contacts. The call stage runs without Flink
 (``BatchCalls``, as in test_users_call_stage); its status events go onto this module's status
 topic as the delivery job's sink would write them.
 
@@ -47,6 +47,7 @@ def settings(stack, base_settings, mocks):
         audit_consumer_group=f"audit-rcpt{U}", api_keys=f"{KEY}:{TENANT}", api_port=port,
         twilio_status_callback_url=f"http://127.0.0.1:{port}/v1/receipts/twilio",
         sendgrid_webhook_secret=SECRET, fcm_url=mocks["fcm"].url,
+        sendgrid_webhook_public_key=mocks["sendgrid"].stats()["event_webhook_public_key"],
         twilio_url=mocks["twilio"].url, sendgrid_url=mocks["sendgrid"].url, **topics)
     stack.create_topics(list(settings.topics().values()))
     mocks["fcm"].configure(invalid=[DEAD_TOKEN])
@@ -191,8 +192,9 @@ def test_receipts_must_be_signed(api, settings):
                            data=form, headers={"X-Twilio-Signature": "forged="}, timeout=10)
     assert answer.status_code == 403
     answer = requests.post(f"{api.url}/v1/receipts/sendgrid?token=wrong", json=[], timeout=10)
-    assert answer.status_code == 403
+    assert answer.status_code == 403 and answer.json()["error"]["field"] == "token"
     answer = requests.post(f"{api.url}/v1/receipts/sendgrid?token={SECRET}", json=[],
-                           timeout=10)
-    assert answer.status_code == 200 and answer.json() == {"receipts": 0}
+                           timeout=10)  # the right token, but not signed by the account's key
+    assert answer.status_code == 403
+    assert answer.json()["error"]["field"] == "X-Twilio-Email-Event-Webhook-Signature"
 

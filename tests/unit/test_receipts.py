@@ -11,8 +11,9 @@ import pytest
 
 from herald import states
 from herald.errors import ValidationError
-from herald.receipts import (Receipt, contact_sha1, dead_contacts, receipt_status, secret_ok,
-                             sendgrid_receipts, token_invalid_status, twilio_receipt,
+from herald.receipts import (SENDGRID_SIGNATURE, SENDGRID_TIMESTAMP, Receipt, contact_sha1,
+                             dead_contacts, receipt_status, secret_ok, sendgrid_receipts,
+                             sendgrid_signature_ok, token_invalid_status, twilio_receipt,
                              twilio_signature, twilio_signature_ok)
 from herald_mocks.core import ConfigError, MockConfig, MockState, Request
 from herald_mocks.sendgrid import SendGridMock
@@ -181,6 +182,16 @@ def test_sendgrid_mock_event_webhook():
         state.handle(Request("POST", "/v3/mail/send", "", {"authorization": "Bearer k"},
                              orjson.dumps(mail)))
     sent = collect(state, lambda: (send("a@example.com"), send("dead@example.com")))
+    key = state.stats()["event_webhook_public_key"]
+    for cb in sent:  # signed as SendGrid signs: ECDSA over the timestamp header and the body
+        signature, timestamp = cb.headers[SENDGRID_SIGNATURE], cb.headers[SENDGRID_TIMESTAMP]
+        assert sendgrid_signature_ok(key, signature, timestamp, cb.body)
+        assert not sendgrid_signature_ok(key, signature, timestamp, cb.body + b" ")
+        assert not sendgrid_signature_ok(key, signature, str(int(timestamp) + 1), cb.body)
+        assert not sendgrid_signature_ok(SendGridMock().admin_info()["event_webhook_public_key"],
+                                         signature, timestamp, cb.body)  # another account's
+        assert not sendgrid_signature_ok(key, None, timestamp, cb.body)
+        assert not sendgrid_signature_ok(key, "not base64!", timestamp, cb.body)
     got = [r for cb in sent for r in sendgrid_receipts(orjson.loads(cb.body))]
     accepted = [r["message_id"] for r in orjson.loads(state._get_log({}, "accepted").body)[
         "records"]]
