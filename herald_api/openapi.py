@@ -356,7 +356,7 @@ def build_openapi(settings: Settings) -> dict:
                 "summary": "SendGrid's Event Webhook (checked by ?token= when configured)",
                 "requestBody": _body(_ref("SendGridEvents")),
                 "responses": {"200": _json(_ref("ReceiptsRecorded"), "Recorded"),
-                              **_errors(400, 403, 409, 413, 422)}}},
+                              **_errors(400, 403, 409, 413, 422, 503)}}},
             "/healthz": {"get": {
                 "operationId": "healthz", "summary": "Liveness", "security": [],
                 "responses": {"200": _json({"type": "object", "required": ["status"],

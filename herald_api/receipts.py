@@ -23,7 +23,7 @@ from aiohttp import web
 
 from herald import states
 from herald.errors import ValidationError
-from herald.providers.base import credential
+from herald.providers.base import credential, is_loopback
 from herald.providers.exceptions import ProviderConfigError
 from herald.receipts import (CONTACT_OF_CHANNEL, SENDGRID, SENDGRID_SIGNATURE,
                              SENDGRID_TIMESTAMP, TWILIO, Receipt, contact_sha1, message_key,
@@ -127,6 +127,11 @@ async def post_twilio(request: web.Request) -> web.Response:
 async def post_sendgrid(request: web.Request) -> web.Response:
     receipts: Receipts = request.app[RECEIPTS]
     settings = receipts.settings
+    if not (settings.sendgrid_webhook_public_key or settings.sendgrid_webhook_secret
+            or is_loopback(settings.sendgrid_url)):
+        # unchecked receipts could strip any user's address with a forged bounce
+        raise ApiError(503, "unavailable", "SendGrid receipts are refused until "
+                       "sendgrid_webhook_public_key or sendgrid_webhook_secret is set", None)
     if not secret_ok(settings.sendgrid_webhook_secret, request.query.get("token")):
         raise ApiError(403, "forbidden", "the webhook URL's token does not match", "token")
     raw = await request.read()

@@ -198,3 +198,16 @@ def test_receipts_must_be_signed(api, settings):
     assert answer.status_code == 403
     assert answer.json()["error"]["field"] == "X-Twilio-Email-Event-Webhook-Signature"
 
+
+def test_unchecked_sendgrid_receipts_are_refused_against_the_real_sendgrid(settings):
+    """Neither a verification key nor a secret, and a real SendGrid: a forged bounce could
+    strip any user's address, so nothing is taken."""
+    bare = settings.replace(sendgrid_url="https://api.sendgrid.com", sendgrid_webhook_secret="",
+                            sendgrid_webhook_public_key="")
+    event = {"event": "bounce", "type": "bounce", "email": f"ok{U}@example.com",
+             "sg_message_id": "x.y", "herald_id": "n", "tenant_id": TENANT, "timestamp": 1}
+    with ApiServer(bare) as api:
+        answer = requests.post(f"{api.url}/v1/receipts/sendgrid", json=[event], timeout=10)
+    assert answer.status_code == 503 and "sendgrid_webhook_public_key" in \
+        answer.json()["error"]["message"]
+
