@@ -68,6 +68,18 @@ def key_slot(key: str | bytes) -> int:
     return _key_slot(key.encode() if isinstance(key, str) else key)
 
 
+def beside(key: str, suffix: str) -> str:
+    """A new key name in ``key``'s slot (e.g. a staging key RENAMEd onto ``key``): ``key``'s own
+    hash tag when it has one, else the whole of ``key`` as the tag. A key with a ``}`` but no
+    tag gets ``key + suffix`` (fine on one server; on a cluster, another slot)."""
+    start = key.find("{")
+    if start >= 0 and key.find("}", start + 1) > start + 1:  # a tag of one character or more
+        return f"{key}{suffix}"
+    if "}" not in key:
+        return f"{{{key}}}{suffix}"
+    return f"{key}{suffix}"
+
+
 def mget(client: Any, keys: Iterable[str]) -> list:
     """MGET on one server; on a cluster one MGET per slot (``mget_nonatomic``), answers in order."""
     keys = list(keys)

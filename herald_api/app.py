@@ -466,9 +466,8 @@ def create_app(settings: Settings, *, redis=None, producer: Producer | None = No
 
     async def startup(app: web.Application) -> None:
         if redis is None:
-            import redis.asyncio as aioredis
-            app[REDIS] = aioredis.Redis(host=settings.redis_host, port=settings.redis_port,
-                                        socket_timeout=5, socket_connect_timeout=5)
+            from herald.redis_conn import async_redis_client  # one server or Redis Cluster
+            app[REDIS] = async_redis_client(settings, socket_timeout=5, socket_connect_timeout=5)
         else:
             app[REDIS] = redis
         app[IDEM] = IdempotencyStore(app[REDIS])

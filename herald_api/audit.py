@@ -28,6 +28,8 @@ from herald import states
 from herald.errors import ValidationError
 from herald.models import _epoch_ms, _string, dead_letter, load_object
 from herald.receipts import dead_contacts, index_entry, message_key, token_invalid_status
+from herald.redis_conn import is_cluster
+from herald.redis_conn import redis_client as make_redis_client
 from herald.settings import Settings, load_settings
 from herald.users import REMOVE_CONTACT_LUA, user_key
 from herald_api.store import AUDIT_WRITE_LUA, audit_write_args
@@ -67,6 +69,7 @@ class AuditWriter:
         self.redis = client
         self.retention_ms = retention_s * 1000
         self._script = client.register_script(AUDIT_WRITE_LUA)
+        self.cluster = is_cluster(client)  # tagged keys; EVAL, as cluster pipelines take it
 
     def write(self, events: list[dict]) -> int:
         """Store ``events``; return how many were new (the rest were replays). A ``delivered``
@@ -76,8 +79,11 @@ class AuditWriter:
         counted = []
         with self.redis.pipeline(transaction=False) as pipe:
             for event in events:
-                keys, args = audit_write_args(event, self.retention_ms)
-                self._script(keys=keys, args=args, client=pipe)
+                keys, args = audit_write_args(event, self.retention_ms, self.cluster)
+                if self.cluster:
+                    pipe.execute_command("EVAL", AUDIT_WRITE_LUA, len(keys), *keys, *args)
+                else:
+                    self._script(keys=keys, args=args, client=pipe)
                 counted.append(True)
                 if event["state"] == states.DELIVERED and event.get("provider_message_id") \
                         and event.get("provider"):
@@ -113,8 +119,7 @@ class AuditConsumer:
                  retry_pause_s: float = 0.5):
         self.settings = settings
         self.retry_pause_s = retry_pause_s
-        self.redis = redis_client or redis.Redis(host=settings.redis_host,
-                                                 port=settings.redis_port, socket_timeout=10)
+        self.redis = redis_client or make_redis_client(settings, socket_timeout=10)
         self.writer = AuditWriter(self.redis, settings.audit_retention_s)
         self.cleaner = ContactCleaner(self.redis)
         self.consumer = KafkaConsumer(

@@ -29,6 +29,7 @@ from herald.receipts import (CONTACT_OF_CHANNEL, SENDGRID, SENDGRID_SIGNATURE,
                              SENDGRID_TIMESTAMP, TWILIO, Receipt, contact_sha1, message_key,
                              receipt_status, secret_ok, sendgrid_receipts,
                              sendgrid_signature_ok, twilio_receipt, twilio_signature_ok)
+from herald.redis_conn import is_cluster
 from herald.settings import Settings
 from herald_api.errors import ApiError
 from herald_api.store import audit_key
@@ -63,7 +64,8 @@ class Receipts:
             return orjson.loads(raw)
         if not (receipt.herald_id and receipt.tenant_id):
             return None
-        found = await self.redis.hgetall(audit_key(receipt.tenant_id, receipt.herald_id))
+        found = await self.redis.hgetall(audit_key(receipt.tenant_id, receipt.herald_id,
+                                                   is_cluster(self.redis)))
         found = {(k.decode() if isinstance(k, bytes) else k):
                  (v.decode() if isinstance(v, bytes) else v) for k, v in found.items()}
         if found.get("tenant_id") != receipt.tenant_id or not found.get("state"):

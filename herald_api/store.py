@@ -32,6 +32,15 @@ Key layout (``{tenant}`` is a configured tenant name: no ``:`` in it):
 
 Audit keys expire ``audit_retention_s`` after their last write; idempotency keys after
 ``api_idempotency_ttl_s``. Users and segments do not expire.
+
+On Redis Cluster (``herald.redis_conn``; docs/decisions/020-redis-cluster.md) the keys one
+call uses together share a hash tag, and only there (one server keeps the names above): the
+idempotency keys a request claims, ``herald:idem:{<tenant>}:…``; a notification's audit hash
+and attempts and, for a campaign's recipient, its campaign's hashes,
+``herald:audit:{<tenant>:<group>}:<id>`` and ``herald:campaign:{<tenant>:<campaign_id>}``
+(``<group>`` is the id up to its first ``:``, which is the campaign id for a recipient,
+``{campaign_id}:{user_id}``). MULTI/EXEC is not used there (redis-py's cluster pipelines have
+none): the steps go as a plain pipeline.
 """
 from __future__ import annotations
 
@@ -47,6 +56,7 @@ from herald import states
 from herald.campaigns import (RECIPIENT_FINAL, Campaign, CancelCampaign, campaign_status,
                               phase_of, queue_cancelled)
 from herald.models import Notification
+from herald.redis_conn import beside, is_cluster
 from herald.segments import SegmentFiles
 from herald.templates import Template, template_json, template_key
 from herald.users import UserRecord, queue_put, user_key  # noqa: F401 (user_key: re-exported)
@@ -76,24 +86,41 @@ def segment_meta_key(tenant: str, name: str) -> str:
     return f"{PREFIX}:segment:{tenant}:{name}:meta"
 
 
-def idem_key(tenant: str, scope: str, key: str) -> str:
-    return f"{PREFIX}:idem:{tenant}:{scope}:{key}"
+def idem_key(tenant: str, scope: str, key: str, tagged: bool = False) -> str:
+    """``tagged`` (Redis Cluster): the tenant is the hash tag, so a request's keys share a slot."""
+    return f"{PREFIX}:idem:{{{tenant}}}:{scope}:{key}" if tagged else \
+        f"{PREFIX}:idem:{tenant}:{scope}:{key}"
 
 
-def audit_key(tenant: str, notification_id: str) -> str:
+def _audit_tag(tenant: str, notification_id: str) -> str:
+    """A notification's hash tag on Redis Cluster: its tenant and its id up to the first ``:``
+    (a campaign's recipients and the campaign's own events share their campaign's)."""
+    return f"{{{tenant}:{notification_id.split(':', 1)[0]}}}"
+
+
+def audit_key(tenant: str, notification_id: str, tagged: bool = False) -> str:
+    if tagged:
+        return f"{PREFIX}:audit:{_audit_tag(tenant, notification_id)}:{notification_id}"
     return f"{PREFIX}:audit:{tenant}:{notification_id}"
 
 
-def attempts_key(tenant: str, notification_id: str) -> str:
-    return f"{PREFIX}:audit:{tenant}:{notification_id}:attempts"
+def attempts_key(tenant: str, notification_id: str, tagged: bool = False) -> str:
+    return f"{audit_key(tenant, notification_id, tagged)}:attempts"
 
 
-def campaign_key(tenant: str, campaign_id: str) -> str:
+def campaign_key(tenant: str, campaign_id: str, tagged: bool = False) -> str:
+    if tagged:
+        return f"{PREFIX}:campaign:{{{tenant}:{campaign_id}}}"
     return f"{PREFIX}:campaign:{tenant}:{campaign_id}"
 
 
-def campaign_counts_key(tenant: str, campaign_id: str) -> str:
-    return f"{PREFIX}:campaign:{tenant}:{campaign_id}:counts"
+def campaign_counts_key(tenant: str, campaign_id: str, tagged: bool = False) -> str:
+    return f"{campaign_key(tenant, campaign_id, tagged)}:counts"
+
+
+def pipeline(redis, transaction: bool):
+    """A pipeline; a transaction on one server, a plain pipeline on Redis Cluster."""
+    return redis.pipeline(transaction=transaction and not is_cluster(redis))
 
 
 def attempt_field(event: dict) -> str:
@@ -112,6 +139,18 @@ for i, k in ipairs(KEYS) do
 end
 for _, k in ipairs(KEYS) do redis.call('SET', k, ARGV[1], 'PX', ARGV[2]) end
 return {0, ''}
+"""
+
+# Redis Cluster: a segment's new list (KEYS[1], the staging key) in place of the old (KEYS[2]);
+# ARGV[1] '0': the segment is empty, drop it.
+SEGMENT_SWAP_LUA = """
+if ARGV[1] == '1' then
+  redis.call('RENAME', KEYS[1], KEYS[2])
+  redis.call('PERSIST', KEYS[2])
+else
+  redis.call('DEL', KEYS[2])
+end
+return 1
 """
 
 # Drop our pending markers (and only ours) after a failed first attempt.
@@ -189,12 +228,15 @@ return new
 """
 
 
-def audit_write_args(event: dict, retention_ms: int) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of ``AUDIT_WRITE_LUA`` for one (already validated) Status event."""
+def audit_write_args(event: dict, retention_ms: int,
+                     tagged: bool = False) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``AUDIT_WRITE_LUA`` for one (already validated) Status event;
+    ``tagged``: the Redis Cluster names, all three keys in one slot."""
     tenant, nid = event["tenant_id"], event["id"]
     campaign_id = event.get("campaign_id") or ""
-    keys = [audit_key(tenant, nid), attempts_key(tenant, nid),
-            campaign_counts_key(tenant, campaign_id) if campaign_id else audit_key(tenant, nid)]
+    keys = [audit_key(tenant, nid, tagged), attempts_key(tenant, nid, tagged),
+            campaign_counts_key(tenant, campaign_id, tagged) if campaign_id
+            else audit_key(tenant, nid, tagged)]
     about_campaign = bool(campaign_id) and nid == campaign_id
     expansion = [_count(event.get("expanded")), _count(event.get("total")),
                  phase_of(event) or ""] if about_campaign else ["", "", ""]
@@ -229,7 +271,7 @@ class UserStore:
         self.redis = redis
 
     async def put(self, tenant: str, user: UserRecord, now_ms: int) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:  # replace, never merge
+        async with pipeline(self.redis, True) as pipe:  # replace, never merge
             queue_put(pipe, tenant, user, now_ms)
             await pipe.execute()
 
@@ -282,7 +324,8 @@ class SegmentStore:
         await asyncio.to_thread(self.files.write, tenant, name, user_ids, now_ms,
                                 checked=checked)
         key, meta = segment_key(tenant, name), segment_meta_key(tenant, name)
-        staging = f"{key}:staging:{uuid.uuid4().hex}"
+        # in the key's slot (Redis Cluster), so RENAME can take it there
+        staging = beside(key, f":staging:{uuid.uuid4().hex}")
         try:
             for start in range(0, len(user_ids), SEGMENT_WRITE_BATCH):
                 batch = user_ids[start:start + SEGMENT_WRITE_BATCH]
@@ -292,14 +335,20 @@ class SegmentStore:
                     pipe.rpush(staging, *batch)
                     pipe.expire(staging, 3600)  # a crashed upload leaves nothing behind
                     await pipe.execute()
-            async with self.redis.pipeline(transaction=True) as pipe:
-                if user_ids:
-                    pipe.rename(staging, key)
-                    pipe.persist(key)
-                else:
-                    pipe.delete(key)
-                pipe.hset(meta, mapping={"count": len(user_ids), "updated_at": now_ms})
-                await pipe.execute()
+            if is_cluster(self.redis):  # the swap in one script (its keys share a slot)
+                await self.redis.eval(SEGMENT_SWAP_LUA, 2, staging, key,
+                                      "1" if user_ids else "0")
+                await self.redis.hset(meta, mapping={"count": len(user_ids),
+                                                     "updated_at": now_ms})
+            else:
+                async with self.redis.pipeline(transaction=True) as pipe:
+                    if user_ids:
+                        pipe.rename(staging, key)
+                        pipe.persist(key)
+                    else:
+                        pipe.delete(key)
+                    pipe.hset(meta, mapping={"count": len(user_ids), "updated_at": now_ms})
+                    await pipe.execute()
         finally:
             await self.redis.delete(staging)
         return len(user_ids)
@@ -332,10 +381,10 @@ class IdempotencyStore:
         self.redis = redis
         self._claim = redis.register_script(CLAIM_LUA)
         self._release = redis.register_script(RELEASE_LUA)
+        self.tagged = is_cluster(redis)
 
-    @staticmethod
-    def key(tenant: str, scope: str, key: str) -> str:
-        return idem_key(tenant, scope, key)
+    def key(self, tenant: str, scope: str, key: str) -> str:
+        return idem_key(tenant, scope, key, self.tagged)
 
     async def claim(self, keys: Sequence[str], ttl_s: int) -> Claim:
         token = PENDING + uuid.uuid4().hex
@@ -349,7 +398,7 @@ class IdempotencyStore:
 
     async def remember(self, keys: Iterable[str], status: int, body: dict, ttl_s: int) -> None:
         answer = orjson.dumps({"status": status, "body": body})
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with pipeline(self.redis, True) as pipe:
             for key in keys:
                 pipe.set(key, answer, ex=ttl_s)
             await pipe.execute()
@@ -366,10 +415,11 @@ class AuditStore:
     def __init__(self, redis, retention_s: int):
         self.redis = redis
         self.retention_s = retention_s
+        self.tagged = is_cluster(redis)
 
     async def mark_enqueued(self, n: Notification, now_ms: int) -> None:
-        key = audit_key(n.tenant_id, n.id)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        key = audit_key(n.tenant_id, n.id, self.tagged)
+        async with pipeline(self.redis, True) as pipe:
             for name, value in (("id", n.id), ("tenant_id", n.tenant_id), ("user_id", n.user_id),
                                 ("priority", n.priority), ("enqueued_at", now_ms)):
                 pipe.hsetnx(key, name, value)
@@ -380,8 +430,8 @@ class AuditStore:
 
     async def notification(self, tenant: str, notification_id: str) -> dict | None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(audit_key(tenant, notification_id))
-            pipe.hvals(attempts_key(tenant, notification_id))
+            pipe.hgetall(audit_key(tenant, notification_id, self.tagged))
+            pipe.hvals(attempts_key(tenant, notification_id, self.tagged))
             meta, events = await pipe.execute()
         meta = _hash(meta)
         if not meta or meta.get("tenant_id") != tenant:
@@ -407,8 +457,8 @@ class AuditStore:
                    orjson.dumps({"user_ids": len(c.audience.user_ids or ())})}
         if c.send_at is not None:
             mapping["send_at"] = c.send_at
-        key = campaign_key(c.tenant_id, c.campaign_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        key = campaign_key(c.tenant_id, c.campaign_id, self.tagged)
+        async with pipeline(self.redis, True) as pipe:
             pipe.hset(key, mapping=mapping)
             pipe.expire(key, self._campaign_ttl(c.expires_at, now_ms))
             await pipe.execute()
@@ -416,8 +466,8 @@ class AuditStore:
     async def campaign_cancel_requested(self, cancel: CancelCampaign, cancel_ttl_ms: int) -> None:
         """Note the request, and put the cancel in force for the delivery path at once (the
         ``herald:cancelled`` record the call stage checks per batch)."""
-        key = campaign_key(cancel.tenant_id, cancel.campaign_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        key = campaign_key(cancel.tenant_id, cancel.campaign_id, self.tagged)
+        async with pipeline(self.redis, True) as pipe:
             queue_cancelled(pipe, cancel, cancel.at, cancel_ttl_ms)
             pipe.hsetnx(key, "cancel_requested_at", cancel.at)
             pipe.expire(key, self.retention_s, gt=True)
@@ -428,15 +478,15 @@ class AuditStore:
         """The API accepted it, or the audit store has campaign-level events for it (a campaign
         written straight to Kafka, once the expansion has seen it)."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(campaign_key(tenant, campaign_id))
-            pipe.hexists(campaign_counts_key(tenant, campaign_id), "campaign_state")
+            pipe.exists(campaign_key(tenant, campaign_id, self.tagged))
+            pipe.hexists(campaign_counts_key(tenant, campaign_id, self.tagged), "campaign_state")
             accepted, seen = await pipe.execute()
         return bool(accepted) or bool(seen)
 
     async def campaign(self, tenant: str, campaign_id: str) -> dict | None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(campaign_key(tenant, campaign_id))
-            pipe.hgetall(campaign_counts_key(tenant, campaign_id))
+            pipe.hgetall(campaign_key(tenant, campaign_id, self.tagged))
+            pipe.hgetall(campaign_counts_key(tenant, campaign_id, self.tagged))
             meta, counts = await pipe.execute()
         meta, counts = _hash(meta), _hash(counts)
         if not meta and not counts:

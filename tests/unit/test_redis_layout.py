@@ -129,3 +129,38 @@ def test_the_cluster_is_chosen_by_the_setting_or_the_url():
     assert load_settings({"HERALD_REDIS_CLUSTER": "true"}).redis_cluster is True
     with pytest.raises(ValueError):
         redis_target(s.replace(redis_address="http://x:1"))
+
+
+@pytest.mark.parametrize("event", [
+    {"id": "n-1", "tenant_id": "acme", "state": "delivered", "at": 1},
+    {"id": "cmp1:u-7", "tenant_id": "acme", "state": "delivered", "at": 1,
+     "campaign_id": "cmp1"},
+    {"id": "cmp1", "tenant_id": "acme", "state": "accepted", "at": 1, "campaign_id": "cmp1",
+     "expanded": 3},
+    {"id": "a:b:c", "tenant_id": "globex", "state": "failed", "at": 1}])
+def test_an_audit_write_touches_one_slot_on_the_cluster(event):
+    from herald_api.store import audit_write_args, campaign_counts_key
+    keys, _ = audit_write_args(event, 1000, tagged=True)
+    assert len(keys) == 3 and one_slot(keys)
+    if event.get("campaign_id"):
+        assert keys[2] == campaign_counts_key(event["tenant_id"], event["campaign_id"], True)
+    # one server keeps today's names
+    plain, _ = audit_write_args(event, 1000)
+    assert plain[0] == f"herald:audit:{event['tenant_id']}:{event['id']}"
+
+
+def test_a_requests_idempotency_keys_share_the_tenants_slot_on_the_cluster():
+    from herald_api.store import idem_key
+    keys = [idem_key("acme", "hdr:notifications", "k1", True), idem_key("acme", "ntf", "n-1", True)]
+    assert one_slot(keys) and key_slot(keys[0]) == key_slot("acme")
+    assert idem_key("acme", "ntf", "n-1") == "herald:idem:acme:ntf:n-1"
+
+
+@pytest.mark.parametrize("key", ["herald:segment:acme:vip", "herald:segment:acme:a{b}c",
+                                 "herald:segment:acme:{", "herald:segment:acme:a{b"])
+def test_a_staging_key_is_in_its_segments_slot(key):
+    """(A key with a ``}`` and no hash tag, e.g. of a segment ``a}b`` or ``a{}b``, has no other
+    name in its slot: such a segment cannot be uploaded to a cluster, decision 020.)"""
+    from herald.redis_conn import beside
+    staging = beside(key, ":staging:0123")
+    assert staging != key and key_slot(staging) == key_slot(key)
