@@ -282,7 +282,8 @@ class Stack:
         for m in (*jobs, *self.taskmanagers, self.jobmanager, self.mocks, self.kafka, self.redis):
             if m.stop():
                 stopped.append(m.name)
-        return stopped
+        from herald_stack.redis_cluster import RedisClusterStack  # the tests' Redis Cluster
+        return stopped + RedisClusterStack(self.root).stop()
 
     def status(self) -> dict[str, bool]:
         return {m.name: m.running() for m in (self.kafka, self.redis, self.mocks,
