@@ -181,6 +181,9 @@ class Settings:
     webhook_max_attempts: int = 8                # then the event is given up (logged, counted)
     webhook_backoff_ms: int = 500                # first retry after this, doubling, with jitter
     webhook_backoff_max_ms: int = 60_000
+    # Tenants' URLs may point at loopback, private or link-local addresses (a receiver next to
+    # Herald, the demo, the tests); off, such a URL is refused at registration and at each call
+    webhook_allow_private: bool = False
 
     # HTTP API (herald_api): ``python -m herald_api``
     api_host: str = "127.0.0.1"

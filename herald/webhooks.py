@@ -12,11 +12,17 @@ event's JSON, with
 than a few minutes). A call that fails (no 2xx in ``webhook_timeout_s``) is tried again after a
 backoff that doubles from ``webhook_backoff_ms`` to ``webhook_backoff_max_ms``, jittered, up to
 ``webhook_max_attempts`` calls; then it is given up (kept for the operator).
+
+Unless ``webhook_allow_private``, a URL on a loopback, private or link-local address (another
+tenant's service, the cloud's metadata endpoint) is refused at registration, and a host that
+resolves to one is not called (checked before each call; a DNS answer that changes between
+the check and the connection is not caught).
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import random
 import re
 from dataclasses import dataclass
@@ -46,8 +52,9 @@ class Webhook:
     secret: str
 
 
-def webhook_from_dict(obj: Any) -> Webhook:
-    """``{"url": "https://...", "secret": "..."}`` as the API takes it."""
+def webhook_from_dict(obj: Any, allow_private: bool = True) -> Webhook:
+    """``{"url": "https://...", "secret": "..."}`` as the API takes it; without
+    ``allow_private`` a URL whose host is a private address (or localhost) is refused."""
     if not isinstance(obj, Mapping):
         raise ValidationError("the body must be a JSON object", None)
     unknown = sorted(set(obj) - {"url", "secret", "tenant_id"})
@@ -67,7 +74,40 @@ def webhook_from_dict(obj: Any) -> Webhook:
             or not secret.isprintable():
         raise ValidationError(f"'secret' must be {MIN_SECRET}-{MAX_SECRET} printable "
                               "characters", "secret")
+    why = None if allow_private else check_public(url)
+    if why:
+        raise ValidationError(f"'url' must be a public endpoint: {why}", "url")
     return Webhook(url, secret)
+
+
+def private_address(address: str) -> bool:
+    """Loopback, private, link-local (cloud metadata), multicast or unspecified: not a
+    tenant's public endpoint. ``address`` is an IP literal; anything else is not one."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return (ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast
+            or ip.is_unspecified or ip.is_reserved)
+
+
+def check_public(url: str, resolve=None) -> str | None:
+    """Why ``url`` may not be called when private addresses are not allowed, or None. The host
+    and, with ``resolve`` (host → addresses), every address it resolves to are checked."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost") or private_address(host):
+        return f"{host} is a loopback, private or link-local address"
+    if resolve is not None:
+        try:
+            addresses = resolve(host)
+        except OSError as exc:
+            return f"{host} does not resolve ({exc})"
+        bad = sorted(a for a in addresses if private_address(a))
+        if bad:
+            return f"{host} resolves to a private address ({bad[0]})"
+    return None
 
 
 def wants(event: Mapping[str, Any]) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import random
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,13 +38,17 @@ from herald.models import load_object
 from herald.redis_conn import redis_client as make_redis
 from herald.settings import Settings, load_settings
 from herald.webhooks import (EVENT_ID_HEADER, SIGNATURE_HEADER, RetryPolicy, Webhook, body_of,
-                             event_id, sign, succeeded, wants, webhook_from_dict)
+                             check_public, event_id, sign, succeeded, wants, webhook_from_dict)
 
 log = logging.getLogger("herald_api.webhooks")
 
 RETRY_KEY = "herald:webhook:retry"
 DEAD_KEEP = 1000
 RETRY_BATCH = 200
+
+
+def resolve_host(host: str) -> list[str]:
+    return [info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)]
 
 
 def webhook_key(tenant: str) -> str:
@@ -72,7 +77,7 @@ async def put_webhook(request: web.Request) -> web.Response:
     tenant = authenticate(request)
     obj = await read_object(request, app[SETTINGS].api_max_body_bytes)
     check_tenant(obj, tenant)
-    hook = validated(lambda: webhook_from_dict(obj))
+    hook = validated(lambda: webhook_from_dict(obj, app[SETTINGS].webhook_allow_private))
     now = app[CLOCK]()
     await app[REDIS].hset(webhook_key(tenant), mapping={"url": hook.url, "secret": hook.secret,
                                                         "updated_at": now})
@@ -129,6 +134,11 @@ class WebhookDispatcher:
     # ---- one call
 
     def _post(self, hook: Webhook, job: dict) -> int | None:
+        if not self.settings.webhook_allow_private:
+            why = check_public(hook.url, resolve_host)
+            if why:
+                log.warning("webhook of tenant %s not called: %s", job["tenant_id"], why)
+                return None
         body = job["body"].encode()
         headers = {"Content-Type": "application/json", "User-Agent": "Herald-Webhooks/1",
                    SIGNATURE_HEADER: sign(hook.secret, int(time.time()), body),

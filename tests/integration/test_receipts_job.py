@@ -43,7 +43,7 @@ def settings(stack, base_settings, mocks, tmp_path_factory):
     settings = base_settings.replace(
         consumer_group=f"herald-e2e{U}", flink_rest_port=0, ratelimit_namespace=f"rl{U}",
         flink_checkpoint_dir=str(tmp_path_factory.mktemp("ck")),
-        audit_consumer_group=f"audit-e2e{U}", webhook_consumer_group=f"hooks-e2e{U}",
+        audit_consumer_group=f"audit-e2e{U}", webhook_allow_private=True, webhook_consumer_group=f"hooks-e2e{U}",
         api_keys=f"{KEY}:{TENANT}", api_port=port,
         twilio_status_callback_url=f"http://127.0.0.1:{port}/v1/receipts/twilio",
         fcm_url=mocks["fcm"].url, twilio_url=mocks["twilio"].url, **topics)

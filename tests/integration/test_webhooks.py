@@ -71,7 +71,7 @@ class Receiver:
 def settings(stack, base_settings):
     topics = {f"topic_{role}": f"hooks{U}.{name}" for role, name in base_settings.topics().items()}
     settings = base_settings.replace(
-        webhook_consumer_group=f"hooks{U}", api_keys=f"{KEY}:{TENANT}",
+        webhook_allow_private=True, webhook_consumer_group=f"hooks{U}", api_keys=f"{KEY}:{TENANT}",
         webhook_backoff_ms=100, webhook_backoff_max_ms=400, webhook_max_attempts=3,
         webhook_timeout_s=5.0, **topics)
     stack.create_topics(list(settings.topics().values()))
@@ -136,8 +136,11 @@ def caught_up(settings) -> bool:
         c.close()
 
 
-def test_registration(api):
+def test_registration(api, settings):
     assert call(api, "GET").status_code == 404
+    with ApiServer(settings.replace(webhook_allow_private=False)) as strict:
+        refused = call(strict, "PUT", {"url": "http://127.0.0.1:9/h", "secret": SECRET})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "url"
     bad = call(api, "PUT", {"url": "ftp://x.example/h", "secret": SECRET})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "url"
     assert call(api, "PUT", {"url": "https://h.example/x", "secret": SECRET,

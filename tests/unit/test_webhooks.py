@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from herald.errors import ValidationError
-from herald.webhooks import (RetryPolicy, body_of, event_id, sign, succeeded, verify, wants,
-                             webhook_from_dict)
+from herald.webhooks import (RetryPolicy, body_of, check_public, event_id, private_address,
+                             sign, succeeded, verify, wants, webhook_from_dict)
 
 SECRET = "s" * 16
 BODY = b'{"id":"n-1","state":"delivered"}'
@@ -83,3 +83,29 @@ def test_webhook_registration_rules():
         with pytest.raises(ValidationError) as err:
             webhook_from_dict(bad)
         assert err.value.field == field
+
+
+@pytest.mark.parametrize("address,private", [
+    ("127.0.0.1", True), ("10.1.2.3", True), ("192.168.0.9", True), ("169.254.169.254", True),
+    ("::1", True), ("[::ffff:127.0.0.1]", True), ("fe80::1%eth0", True), ("0.0.0.0", True),
+    ("93.184.216.34", False), ("2606:2800:220:1::", False), ("hooks.acme.example", False)])
+def test_private_addresses(address, private):
+    assert private_address(address) is private
+
+
+def test_private_endpoints_are_refused_unless_allowed():
+    for url in ("http://127.0.0.1:9000/h", "http://localhost/h", "http://[::1]/h",
+                "http://169.254.169.254/latest/meta-data"):
+        with pytest.raises(ValidationError) as err:
+            webhook_from_dict({"url": url, "secret": SECRET}, allow_private=False)
+        assert err.value.field == "url"
+        assert webhook_from_dict({"url": url, "secret": SECRET}).url == url  # allowed
+    public = "https://hooks.acme.example/h"
+    assert webhook_from_dict({"url": public, "secret": SECRET}, allow_private=False).url == public
+    # at call time, by what the name resolves to
+    assert check_public(public, lambda host: ["93.184.216.34"]) is None
+    assert "private address (10.0.0.7)" in check_public(public, lambda host: ["10.0.0.7"])
+
+    def unresolvable(host):
+        raise OSError("no such host")
+    assert "does not resolve" in check_public(public, unresolvable)
