@@ -198,7 +198,7 @@ async def once(request: web.Request, keys: list[str], route: str,
     ttl = app[SETTINGS].api_idempotency_ttl_s
     claim = await app[IDEM].claim(keys, ttl)
     if claim.answer is not None:
-        app[METRICS].idempotent_replays.inc(route)
+        app[METRICS].idempotent_replays.labels(route).inc()
         return json_response(claim.answer["body"], claim.answer["status"],
                              {"Idempotent-Replayed": "true"})
     if claim.in_progress:
@@ -232,8 +232,8 @@ async def metrics_middleware(request: web.Request, handler) -> web.StreamRespons
     finally:
         route = _route(request)
         metrics = request.app[METRICS]
-        metrics.requests.inc(request.method, route, str(status))
-        metrics.request_seconds.observe(time.perf_counter() - began, route)
+        metrics.requests.labels(request.method, route, str(status)).inc()
+        metrics.request_seconds.labels(route).observe(time.perf_counter() - began)
 
 
 @web.middleware
@@ -441,7 +441,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.Response(text=request.app[METRICS].render(),
+    return web.Response(body=request.app[METRICS].render(),
                         headers={"Content-Type": METRICS_CONTENT_TYPE})
 
 

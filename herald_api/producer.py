@@ -64,11 +64,11 @@ class Producer:
         try:
             await asyncio.wait_for(self._start_and_wait(loop, start, acked), self.timeout_s)
         except (asyncio.TimeoutError, KafkaError) as exc:
-            self.metrics.produce_errors.inc(role)
+            self.metrics.produce_errors.labels(role).inc()
             what = "timed out" if isinstance(exc, asyncio.TimeoutError) else type(exc).__name__
             raise Unavailable(f"Kafka did not acknowledge the record ({what}); it may or may not "
                               "be enqueued, and retrying with the same id is safe") from None
-        self.metrics.produce_seconds.observe(time.perf_counter() - began, role)
+        self.metrics.produce_seconds.labels(role).observe(time.perf_counter() - began)
 
     async def _start_and_wait(self, loop, start, acked) -> None:
         await loop.run_in_executor(self._pool, start)

@@ -788,7 +788,7 @@ def test_metrics_count_requests_by_route_and_status_and_time_produces(api, ids):
                    'herald_api_requests_total{method="GET",route="/v1/notifications/{id}",'
                    'status="404"}',
                    'herald_api_produce_duration_seconds_count{topic="critical"}',
-                   'herald_api_produce_duration_seconds_bucket{topic="critical",le="+Inf"}'):
+                   'herald_api_produce_duration_seconds_bucket{le="+Inf",topic="critical"}'):
         assert values.get(series, 0) >= 1, series
     assert "# TYPE herald_api_produce_duration_seconds histogram" in r.text
 
