@@ -49,12 +49,13 @@ def test_delivery_on_redis_cluster_resharded_mid_run_and_restored(
                  and list(checkpoints.glob("*/chk-*/_metadata")), first,
                  "the first run never got a fifth through")
         # Under the running job: the buckets' slot moved key by key, then 1,500 slots (and
-        # the markers in them) by redis-cli, from the node that serves the most markers.
+        # the markers in them) by redis-cli, from the node that serves the most slots.
         before_reshard = fcm.stats()["accepted"]
         slot = key_slot(bucket)
         redis_cluster.migrate_slot(slot, next(p for p in redis_cluster.ports
                                               if p != redis_cluster.owner(slot)), batch=1)
-        source, target = redis_cluster.ports[0], redis_cluster.ports[2]
+        by_slots = sorted(redis_cluster.ports, key=lambda p: len(redis_cluster.slots_of(p)))
+        source, target = by_slots[-1], by_slots[0]  # (a kept cluster was resharded before)
         owned_before = redis_cluster.slots_of(source)
         redis_cluster.reshard(source, target, 1_500)
         moved = owned_before - redis_cluster.slots_of(source)
