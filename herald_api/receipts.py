@@ -39,12 +39,15 @@ log = logging.getLogger("herald_api.receipts")
 CHANNEL_OF_PROVIDER = {TWILIO: states.SMS, SENDGRID: states.EMAIL}
 
 
-def twilio_signed_url(settings: Settings, query_string: str) -> str:
+def twilio_signed_url(settings: Settings, raw_path: str) -> str:
     """The URL Twilio signed: the configured callback URL (what Twilio was told, whatever
-    proxy sits in front of the API) with the query the request came with."""
+    proxy sits in front of the API) with the query exactly as the request line carried it
+    (percent-encoded: a campaign recipient's ``cmp:user`` id is ``cmp%3Auser`` there, and the
+    decoded form would not match the signature)."""
     parts = urlsplit(settings.twilio_status_callback_url)
     base = f"{parts.scheme}://{parts.netloc}{parts.path}"
-    return f"{base}?{query_string}" if query_string else base
+    _, mark, query = raw_path.partition("?")
+    return f"{base}?{query}" if mark else base
 
 
 class Receipts:
@@ -114,7 +117,7 @@ async def post_twilio(request: web.Request) -> web.Response:
         token = credential(settings.twilio_auth_token, settings.twilio_url, "twilio_auth_token")
     except ProviderConfigError as exc:
         raise ApiError(503, "unavailable", str(exc), None) from None
-    url = twilio_signed_url(settings, request.query_string)
+    url = twilio_signed_url(settings, request.raw_path)
     if not twilio_signature_ok(token, url, form, request.headers.get("X-Twilio-Signature")):
         raise ApiError(403, "forbidden", "X-Twilio-Signature does not match",
                        "X-Twilio-Signature")

@@ -92,7 +92,8 @@ def send(make_stage, settings, api, audit):
 
 def note(i: str, user: str, channels: list[str], **extra) -> dict:
     t = now_ms()
-    return {"id": f"{U}-{i}", "tenant_id": TENANT, "user_id": user, "priority": "critical",
+    # a ':' as in campaign recipients' ids: percent-encoded in Twilio's callback URL
+    return {"id": f"{U}:{i}", "tenant_id": TENANT, "user_id": user, "priority": "critical",
             "channels": channels, "content": {"title": "t", "body": f"message {i}"},
             "created_at": t, "expires_at": t + 120_000, **extra}
 
@@ -124,8 +125,8 @@ def test_receipts_reach_the_status_and_the_audit(api, send, redis_client):
                                                      "email": f"ok{U}@example.com"})
     statuses = send(note("sms", "u-ok", ["sms"]), note("mail", "u-ok", ["email"]))
     delivered = {s.id: s for s in statuses if s.state == "delivered"}
-    assert set(delivered) == {f"{U}-sms", f"{U}-mail"}
-    for nid, provider in ((f"{U}-sms", "twilio"), (f"{U}-mail", "sendgrid")):
+    assert set(delivered) == {f"{U}:sms", f"{U}:mail"}
+    for nid, provider in ((f"{U}:sms", "twilio"), (f"{U}:mail", "sendgrid")):
         mid = delivered[nid].provider_message_id
         assert mid  # the provider's id travels on the delivered event, and is indexed
         doc = await_state(api, nid, lambda d: d["state"] == "delivered_to_handset")
@@ -143,7 +144,7 @@ def test_a_bounce_is_recorded_and_removes_the_dead_number_and_address(api, send,
     put_user(redis_client, TENANT, "u-bounce",
              contacts={"phone": BOUNCING_PHONE, "email": BOUNCING_MAIL})
     send(note("b-sms", "u-bounce", ["sms"]), note("b-mail", "u-bounce", ["email"]))
-    for nid in (f"{U}-b-sms", f"{U}-b-mail"):
+    for nid in (f"{U}:b-sms", f"{U}:b-mail"):
         doc = await_state(api, nid, lambda d: "token_invalid" in states_of(d))
         assert doc["state"] == "bounced"
         assert states_of(doc) == ["delivered", "bounced", "token_invalid"]
@@ -158,7 +159,7 @@ def test_a_dead_push_token_is_removed_and_not_used_again(api, send, mocks, redis
     assert [s.state for s in first] == ["fallback", "delivered"]
     assert (first[0].invalid_contact, first[0].contact_sha1) == \
         ("push_token", contact_sha1(DEAD_TOKEN))
-    doc = await_state(api, f"{U}-p1", lambda d: "token_invalid" in states_of(d))
+    doc = await_state(api, f"{U}:p1", lambda d: "token_invalid" in states_of(d))
     assert "push_token removed" in [a for a in doc["attempts"]
                                     if a["state"] == "token_invalid"][0]["detail"]
     user = get(api, "/v1/users/u-dead").json()

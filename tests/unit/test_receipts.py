@@ -206,3 +206,15 @@ def test_mock_config_checks_the_receipt_switches():
         with pytest.raises(ConfigError):
             config.update(bad, 0)
     assert config.to_dict()["callbacks"] is False
+
+
+def test_the_signed_url_is_the_configured_one_with_the_query_as_sent():
+    """Behind a proxy the API sees another host; Twilio signed the URL it was given, with the
+    query percent-encoded as Herald set it (a campaign recipient's ':' is %3A there)."""
+    from herald.settings import Settings
+    from herald_api.receipts import twilio_signed_url
+    settings = Settings(twilio_status_callback_url="https://herald.example/v1/receipts/twilio")
+    assert twilio_signed_url(settings, "/v1/receipts/twilio?herald_id=cmp%3Au-1&tenant_id=a") \
+        == "https://herald.example/v1/receipts/twilio?herald_id=cmp%3Au-1&tenant_id=a"
+    assert twilio_signed_url(settings, "/v1/receipts/twilio") == \
+        "https://herald.example/v1/receipts/twilio"
