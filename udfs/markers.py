@@ -23,7 +23,8 @@ build the key names, so they need one Redis. On Redis Cluster (``herald.redis_co
 same keys are claimed and settled by scripts that take them as KEYS, one call per key, all in
 one cluster pipeline: the client sends each node its calls and follows MOVED and ASK during a
 reshard, and a call of one key never meets TRYAGAIN (a call of several keys of a slot half
-moved does, until the move ends). The old keys are read first, per slot. ``SET ... NX GET`` needs Redis 7.0 or later.
+moved does, until the move ends). The old keys are read first, per slot (decision 020).
+``SET ... NX GET`` needs Redis 7.0 or later.
 
 Versions before the tenant scope kept ``herald:sent:{id}``. So that a restore from their
 checkpoints does not re-send what they sent, a notification created before the first start of
