@@ -20,3 +20,8 @@ class ValidationError(HeraldError):
         if self.field is not None:
             out["field"] = self.field
         return out
+
+
+class LanesChanged(HeraldError):
+    """A job restored with another ``gate_lanes`` than its state was written with: users would
+    move to lanes without their dedup, order and holds, so the job stops instead."""

@@ -96,7 +96,7 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
         # The gate sends what it releases itself (operators/gate.py says why).
         gated = (t_env.to_data_stream(batches)
                  .key_by(lambda r: keys[r.shard], key_type=Types.INT())
-                 .process(GateFunction(settings, priority), output_type=KEYED_PAYLOAD)
+                 .process(GateFunction(settings, priority, lanes), output_type=KEYED_PAYLOAD)
                  .name(f"gate-{priority}").uid(f"gate-{priority}")
                  .slot_sharing_group(priority)
                  .set_buffer_timeout(settings.flink_status_buffer_timeout_ms))

@@ -63,7 +63,7 @@ from pyflink.datastream.functions import KeyedProcessFunction, RuntimeContext
 from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 
 from herald import states
-from herald.errors import ValidationError
+from herald.errors import LanesChanged, ValidationError
 from herald.gate import Gate, GateState
 from herald.metrics import DLQ, metric_counts
 from herald.models import Status, dead_letter, parse_notification
@@ -127,9 +127,12 @@ class GateFunction(KeyedProcessFunction):
     {"p": partition, "o": offset, "t": log timestamp, "k": key, "v": value}
     (sql/batches.sql)."""
 
-    def __init__(self, settings: Settings, priority: str):
+    def __init__(self, settings: Settings, priority: str, lanes: int | None = None):
         self.settings = settings
         self.priority = priority
+        self.lanes = lanes  # gate_lanes of this job (None: not checked against the state)
+        self.layout = None  # per lane key: "lanes:lane" it was written with
+        self.checked: set = set()  # lane keys whose layout this instance has checked
         self.gate = None
         self.users = None
         self.deadlines = None
@@ -157,6 +160,7 @@ class GateFunction(KeyedProcessFunction):
             ValueStateDescriptor("deadlines", Types.PICKLED_BYTE_ARRAY()))
         self.holds = runtime_context.get_state(
             ValueStateDescriptor("holds", Types.PICKLED_BYTE_ARRAY()))
+        self.layout = runtime_context.get_state(ValueStateDescriptor("layout", Types.STRING()))
         self.metrics = OperatorMetrics(runtime_context, self.priority)
         run_at_class_priority(s, self.priority)
         self.turn, self.pause = class_turns(s, self.priority)
@@ -191,6 +195,7 @@ class GateFunction(KeyedProcessFunction):
         before = min(deadlines.values(), default=None)
         deadlines.setdefault(SWEEP, at + self.settings.state_sweep_interval_ms)
         shard = ctx.get_current_key()  # the lane key (row.shard is the lane index)
+        self._check_layout(shard, row.shard)
         holds = self.holds.value() or {}
         held_before = len(holds)
         self._at_work(at)
@@ -265,6 +270,7 @@ class GateFunction(KeyedProcessFunction):
         at = now_ms()
         self._at_work(at)  # a timer's work is not waiting for input
         shard = ctx.get_current_key()
+        self._check_layout(shard, None)
         deadlines = self.deadlines.value() or {}
         holds = self.holds.value() or {}
         held_before = len(holds)
@@ -289,6 +295,27 @@ class GateFunction(KeyedProcessFunction):
             self.holds.update(holds)
         yield from self._finish(out, deadlines, None, ctx)
         self.idle_since = now_ms()
+
+    def _check_layout(self, key, lane: int | None) -> None:
+        """Stop the job when its lanes differ from those its state was written with (a restore
+        at another parallelism with the default gate_lanes): once per lane key and instance.
+        ``lane`` None (a timer): only the number of lanes is compared."""
+        if self.lanes is None or key in self.checked:
+            return
+        written = self.layout.value()
+        if written is None:
+            if lane is None:
+                return  # a timer before the lane's first batch: the batch writes it
+            self.layout.update(f"{self.lanes}:{lane}")
+        else:
+            lanes_then, _, lane_then = written.partition(":")
+            if int(lanes_then) != self.lanes or (lane is not None and int(lane_then) != lane):
+                raise LanesChanged(
+                    f"the {self.priority} gate's state under lane key {key} was written with "
+                    f"gate_lanes={lanes_then} (lane {lane_then}); this job has gate_lanes="
+                    f"{self.lanes}. Users would lose their dedup, order and holds: restore with "
+                    f"HERALD_GATE_LANES={lanes_then} (docs/OPERATIONS.md)")
+        self.checked.add(key)
 
     def _at_work(self, at: int) -> None:
         """Input arrived (or a timer fired): the wait for it counts as idle time."""
