@@ -9,6 +9,8 @@ which is Flink backpressure: the retry wait and its source slow down, nothing is
 """
 from __future__ import annotations
 
+import operators.libraries  # noqa: F401  (first: see its docstring)
+
 import time
 
 from pyflink.datastream.functions import ProcessFunction, RuntimeContext

@@ -16,6 +16,8 @@ Output: dead letters for control records that do not validate; nothing else.
 """
 from __future__ import annotations
 
+import operators.libraries  # noqa: F401  (first: see its docstring)
+
 import time
 
 from pyflink.datastream.functions import ProcessFunction, RuntimeContext

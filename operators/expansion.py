@@ -15,6 +15,8 @@ Side outputs: campaign-level Status events and dead letters.
 """
 from __future__ import annotations
 
+import operators.libraries  # noqa: F401  (first: see its docstring)
+
 import time
 
 import orjson

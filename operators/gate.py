@@ -52,6 +52,8 @@ expired, cancelled, gap notices), retry records and dead letters.
 """
 from __future__ import annotations
 
+import operators.libraries  # noqa: F401  (first: see its docstring)
+
 import itertools
 import pickle
 import time

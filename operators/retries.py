@@ -19,6 +19,8 @@ release counter so the call stage keeps their order.
 """
 from __future__ import annotations
 
+import operators.libraries  # noqa: F401  (first: see its docstring)
+
 import time
 
 import orjson
