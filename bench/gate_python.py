@@ -110,8 +110,8 @@ class _Context:
 
 
 class _Row:
-    def __init__(self, batch: str):
-        self.batch = batch
+    def __init__(self, batch: str, shard: int = 0):
+        self.batch, self.shard = batch, shard  # the window's batch and its lane
 
 
 # ---------------------------------------------------------------- one run

@@ -224,6 +224,10 @@ class GateFunction(KeyedProcessFunction):
         # and a part is completed once `send_parts_ahead` later parts are under way.
         flights: deque = deque()
         ahead = self.settings.send_parts_ahead
+        # A completed part's statuses leave once its settle is in Redis (with the next part's
+        # claim, or the flush): a `delivered` on herald.status with the marker still "in
+        # flight" would be contradicted after a crash by an `expired` of its replay.
+        landed: list = []
         for part in split_by_user(notes, self.settings.send_part_records):
             out: list = []
             for n in part:
@@ -241,9 +245,10 @@ class GateFunction(KeyedProcessFunction):
             if released:
                 flights.append(self.calls.begin(released))
                 self.calls.poll()
+            if landed and not self.calls.markers.waiting:
+                yield from self._landed(landed)
             while len(flights) > ahead:
-                yield from stage_rows(self.calls.complete(flights.popleft()), self.metrics,
-                                      pause)
+                landed.append(self.calls.complete(flights.popleft()))
         # Holds whose deadline this batch's records moved the log past: they go now.
         out = []
         for user, (partition, hold_ms) in list(holds.items()):
@@ -262,11 +267,17 @@ class GateFunction(KeyedProcessFunction):
         self._store(shard, touched)
         if holds or held_before:
             self.holds.update(holds)
-        for flight in flights:
-            yield from stage_rows(self.calls.complete(flight), self.metrics, pause)
+        landed.extend(self.calls.complete(flight) for flight in flights)
         self.calls.flush()
+        yield from self._landed(landed)
         self._keep_timer(deadlines, before, ctx)
         self.idle_since = now_ms()
+
+    def _landed(self, landed: list):
+        """The rows of completed parts whose settles are in Redis; ``landed`` is emptied."""
+        for out in landed:
+            yield from stage_rows(out, self.metrics, self.pause)
+        landed.clear()
 
     def _due(self, ctx):
         at = now_ms()

@@ -298,8 +298,14 @@ class SentMarkers:
         else:
             self._settle(args=settle)
 
-    def _pending(self) -> bool:
+    @property
+    def waiting(self) -> bool:
+        """Settles wait for the next claim or ``flush``: the acceptances they carry are not
+        in Redis yet, so no status may say ``delivered`` for them yet."""
         return bool(self._accepted or self._not_sent)
+
+    def _pending(self) -> bool:
+        return self.waiting
 
     def _take_pending(self) -> list | None:
         """The settle script's arguments for everything waiting, which stops waiting."""
