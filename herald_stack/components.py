@@ -278,7 +278,8 @@ class Stack:
     def down(self) -> list[str]:
         stopped = []
         jobs = [Managed(name, self.run_dir)  # what `make demo` starts beside the stack
-                for name in ("delivery-job", "expansion-job", "api", "audit-consumer")]
+                for name in ("delivery-job", "expansion-job", "api", "audit-consumer",
+                             "webhook-dispatcher")]
         for m in (*jobs, *self.taskmanagers, self.jobmanager, self.mocks, self.kafka, self.redis):
             if m.stop():
                 stopped.append(m.name)

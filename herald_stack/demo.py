@@ -3,13 +3,14 @@ and a report.
 
 Starts Kafka, Redis and the provider mocks, runs the delivery job and the campaign expansion job
 on embedded MiniClusters (dashboards on their REST ports, Prometheus on the first free port of
-9249-9260), and the HTTP API and the audit consumer with a demo key (``demo-key`` for tenant
-``demo``, added to ``HERALD_API_KEYS``). It prints a ``curl`` that sends a notification through
+9249-9260), and the HTTP API, the audit consumer and the webhook dispatcher with a demo key
+(``demo-key`` for tenant ``demo``, added to ``HERALD_API_KEYS``), and registers a webhook for
+the tenant that points at a receiver of the demo's own on this machine. It prints a ``curl`` that sends a notification through
 the API, sends one itself that way, sends a handful of critical notifications straight to Kafka
 (one repeated, one already expired, one malformed), loads a 2,000-user segment and its users the
 way the CLI does, sends one campaign to it, follows all of it with progress, and ends with a
 table of outcomes per class and channel and the API notification's audit trail (``GET
-/v1/notifications/{id}``). The stack keeps running afterwards; `make stack-down` stops
+/v1/notifications/{id}``) and the signed webhook calls the receiver got. The stack keeps running afterwards; `make stack-down` stops
 everything the project started.
 """
 from __future__ import annotations
@@ -32,10 +33,12 @@ from herald import states
 from herald.settings import PROJECT_ROOT, Settings, load_settings, settings_env
 from herald_stack.components import Stack
 from herald_stack.processes import Managed, StackError, port_open, wait_until
+from herald_stack.webhook_receiver import WebhookReceiver
 
 TENANT = "demo"
 DEMO_KEY = "demo-key"
 SEGMENT_USERS = 2_000
+WEBHOOK_SECRET = "demo-webhook-secret"  # the demo receiver checks each call's signature with it
 PROMETHEUS_PORTS = "9249-9260"
 FINAL = (states.DELIVERED, states.EXPIRED, states.DUPLICATE, states.FAILED, states.CANCELLED,
          states.OPTED_OUT)
@@ -102,6 +105,14 @@ def load_audience(settings, run: str) -> str:
 
 # ---------------------------------------------------------------- the API step
 
+def demo_settings(settings: Settings) -> Settings:
+    """``settings`` with the demo key, and webhooks to this machine allowed (the demo's
+    receiver listens on 127.0.0.1; a deployment keeps them refused)."""
+    settings = with_demo_key(settings)
+    return settings if settings.webhook_allow_private else settings.replace(
+        webhook_allow_private=True)
+
+
 def with_demo_key(settings: Settings) -> Settings:
     """``settings`` whose API keys include the demo key (for tenant ``demo``)."""
     entry = f"{DEMO_KEY}:{TENANT}"
@@ -114,9 +125,10 @@ def api_url(settings: Settings) -> str:
 
 
 def start_api(run_dir: Path, settings: Settings) -> str:
-    """The HTTP API (``python -m herald_api``) and the audit consumer (``python -m
-    herald_api.audit``) as background processes with pid files in ``run_dir`` (``make
-    stack-down`` stops them); the API's base URL once it answers the demo key."""
+    """The HTTP API (``python -m herald_api``), the audit consumer (``python -m
+    herald_api.audit``) and the webhook dispatcher (``python -m herald_api.webhooks``) as
+    background processes with pid files in ``run_dir`` (``make stack-down`` stops them); the
+    API's base URL once it answers the demo key."""
     url = api_url(settings)
     env = {**os.environ, **settings_env(settings)}
     api = Managed("api", run_dir)
@@ -129,10 +141,53 @@ def start_api(run_dir: Path, settings: Settings) -> str:
     if _answers(f"{url}/v1/notifications/no-such-id", DEMO_KEY) == 401:
         raise StackError(f"the API at {url} (started earlier) does not know the demo key: "
                          "`make stack-down`, then `make demo` again")
-    audit = Managed("audit-consumer", run_dir)
-    if not audit.running():
-        audit.start([sys.executable, "-m", "herald_api.audit"], cwd=PROJECT_ROOT, env=env)
+    for name, module in (("audit-consumer", "herald_api.audit"),
+                         ("webhook-dispatcher", "herald_api.webhooks")):
+        process = Managed(name, run_dir)
+        if not process.running():
+            process.start([sys.executable, "-m", module], cwd=PROJECT_ROOT, env=env)
     return url
+
+
+def register_webhook(url: str, receiver_url: str, key: str = DEMO_KEY) -> tuple[int, dict]:
+    """PUT /v1/webhook: the tenant's final statuses go to ``receiver_url``, signed with
+    ``WEBHOOK_SECRET``."""
+    request = urllib.request.Request(
+        f"{url}/v1/webhook", data=orjson.dumps({"url": receiver_url, "secret": WEBHOOK_SECRET}),
+        method="PUT", headers={"Authorization": f"Bearer {key}",
+                               "Content-Type": "application/json"})
+    return _call(request)
+
+
+def webhook_calls(receiver: WebhookReceiver, notification_id: str,
+                  timeout_s: float = 30.0) -> list[dict]:
+    """The receiver's calls for ``notification_id``, once it has one (or ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with receiver.lock:
+            calls = [c for c in receiver.calls if c["event"].get("id") == notification_id]
+        if calls or time.monotonic() >= deadline:
+            return calls
+        time.sleep(0.25)
+
+
+def webhook_lines(receiver: WebhookReceiver, notification_id: str) -> list[str]:
+    """The summary's webhook part: how many calls came, whether every signature held, and
+    the call for the API's notification."""
+    mine = webhook_calls(receiver, notification_id)
+    with receiver.lock:
+        calls = list(receiver.calls)
+    signed = sum(1 for c in calls if c["signed"])
+    lines = [f"  {len(calls):,} call(s) to {receiver.url}, {signed:,} with a valid "
+             f"X-Herald-Signature"]
+    for c in mine:
+        e = c["event"]
+        where = "/".join(x for x in (e.get("channel"), e.get("provider")) if x) or "-"
+        lines.append(f"    {e['id']}: {e['state']} {where} at {_clock(e.get('at'))}, event id "
+                     f"{c['headers'].get('X-Herald-Event-Id', '-')}, answered {c['status']}")
+    if not mine:
+        lines.append(f"    (none for {notification_id} yet)")
+    return lines
 
 
 def api_notification(notification_id: str, now_ms: int | None = None) -> dict:
@@ -220,7 +275,7 @@ def main() -> int:
     settings = load_settings()
     if not settings.flink_prometheus_port:
         settings = settings.replace(flink_prometheus_port=PROMETHEUS_PORTS)
-    settings = with_demo_key(settings)
+    settings = demo_settings(settings)
     stack = Stack(settings)
     started = time.monotonic()
     try:
@@ -232,11 +287,15 @@ def main() -> int:
         start_job(stack, "delivery-job", "jobs.delivery", settings.flink_rest_port, settings)
         start_job(stack, "expansion-job", "jobs.expansion", settings.expansion_rest_port, settings)
         step(f"starting the HTTP API on {api_url(settings)} (key {DEMO_KEY!r} for tenant "
-             f"{TENANT!r}) and the audit consumer")
+             f"{TENANT!r}), the audit consumer and the webhook dispatcher")
         url = start_api(stack.run_dir, settings)
     except StackError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1
+    receiver = WebhookReceiver(WEBHOOK_SECRET)
+    hooked, answer = register_webhook(url, receiver.url)
+    step(f"PUT /v1/webhook -> {hooked}: tenant {TENANT!r}'s final statuses go to {receiver.url}"
+         + ("" if hooked == 200 else f" ({orjson.dumps(answer).decode()})"))
 
     run = uuid.uuid4().hex[:6]
     curl = curl_command(url)
@@ -326,6 +385,13 @@ def main() -> int:
     trail = audit_trail(url, api_id) if status == 202 else {}
     print(f"\naudit trail of the API's notification (GET {url}/v1/notifications/{api_id})")
     print("\n".join(trail_lines(trail)) if trail else "  (none: the API refused it)")
+    print(f"\nwebhook (the tenant's endpoint, PUT {url}/v1/webhook)")
+    hook_calls = webhook_calls(receiver, api_id)
+    print("\n".join(webhook_lines(receiver, api_id)))
+    if hooked == 200:  # the receiver goes with the demo: so does the webhook
+        _call(urllib.request.Request(f"{url}/v1/webhook", method="DELETE",
+                                     headers={"Authorization": f"Bearer {DEMO_KEY}"}))
+    receiver.stop()
     prometheus = _prometheus_port()
     print(f"\nFlink dashboards: delivery http://localhost:{settings.flink_rest_port}, expansion "
           f"http://localhost:{settings.expansion_rest_port} (backpressure, busy time, and "
@@ -336,13 +402,16 @@ def main() -> int:
     print(f"API: {url} (OpenAPI at {url}/openapi.json, docs/API.md); send one yourself:\n\n"
           f"{curl}\n\nthen GET {url}/v1/notifications/<its id> with the same "
           "Authorization header shows its status and audit trail.")
-    print(f"The stack, the jobs, the API and the audit consumer keep running "
+    print(f"The stack, the jobs, the API, the audit consumer and the webhook dispatcher keep "
+          f"running "
           f"({time.monotonic() - started:.0f} s for this demo). Stop everything with "
           "`make stack-down`.")
     states_seen = Counter(v["state"] for k, v in final.items() if not k.startswith(campaign_id))
     complete = (states_seen.get("delivered") == 5 and states_seen.get("expired") == 1
                 and states_seen.get("duplicate") == 1 and campaign_done() == SEGMENT_USERS
-                and trail.get("state") == states.DELIVERED)
+                and trail.get("state") == states.DELIVERED
+                and any(c["signed"] and c["event"]["state"] == states.DELIVERED
+                        for c in hook_calls))
     return 0 if complete else 1
 
 

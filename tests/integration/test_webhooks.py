@@ -8,7 +8,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 import pytest
@@ -18,53 +17,13 @@ from kafka import KafkaConsumer, TopicPartition
 from herald.webhooks import verify
 from herald_api.server import ApiServer
 from herald_api.webhooks import RETRY_KEY, WebhookDispatcher, dead_key
+from herald_stack.webhook_receiver import WebhookReceiver
 from tests.integration.kafka_io import produce
 from tests.integration.records import now_ms
 
 U = uuid.uuid4().hex[:8]
 TENANT, OTHER, KEY = f"hooks{U}", f"other{U}", f"key-hooks-{U}"
 SECRET = f"whsec-{U}-0123456789"
-
-
-class Receiver:
-    """Records every POST; answers 500 to the first call of each id in ``fail_first``."""
-
-    def __init__(self):
-        self.calls: list[dict] = []
-        self.fail_first: set[str] = set()
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                event = orjson.loads(body)
-                with receiver.lock:
-                    first = not any(c["event"]["id"] == event["id"] and
-                                    c["event"]["state"] == event["state"]
-                                    for c in receiver.calls)
-                    status = 500 if first and event["id"] in receiver.fail_first else 204
-                    receiver.calls.append({"event": event, "body": body, "status": status,
-                                           "headers": dict(self.headers)})
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/herald-hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def ok(self) -> list[dict]:
-        with self.lock:
-            return [c for c in self.calls if c["status"] == 204]
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +39,7 @@ def settings(stack, base_settings):
 
 @pytest.fixture(scope="module")
 def receiver():
-    r = Receiver()
+    r = WebhookReceiver(SECRET)
     yield r
     r.stop()
 
@@ -188,7 +147,7 @@ def test_each_final_status_once_signed_and_retried_after_a_500(api, settings, re
         assert verify(SECRET, headers["x-herald-signature"], c["body"], int(time.time()))
         assert not verify("another-secret-0123", headers["x-herald-signature"], c["body"],
                           int(time.time()))
-        assert c["event"]["tenant_id"] == TENANT
+        assert c["signed"] and c["event"]["tenant_id"] == TENANT
     retried = [c for c in calls if c["event"]["id"] == failing]
     assert retried[0]["headers"]["X-Herald-Event-Id"] == retried[1]["headers"]["X-Herald-Event-Id"]
 

@@ -20,7 +20,7 @@ def pinned(pattern: str, text: str) -> str:
 
 def test_every_part_of_herald_is_a_service():
     assert {"kafka", "topics", "redis", "jobmanager", "taskmanager", "delivery-job", "api",
-            "audit"} <= set(SERVICES)
+            "audit", "webhooks"} <= set(SERVICES)
 
 
 def test_images_match_the_versions_the_project_is_built_and_tested_with():
@@ -74,7 +74,7 @@ def test_flink_conf_keeps_checkpoints_and_thread_mode():
 
 
 def test_the_images_commands_exist_in_the_project():
-    for service in ("api", "audit", "mocks"):
+    for service in ("api", "audit", "webhooks", "mocks"):
         module = SERVICES[service]["command"][2]
         path = ROOT / Path(*module.split("."))
         assert path.with_suffix(".py").is_file() or (path / "__main__.py").is_file(), module
