@@ -1,5 +1,6 @@
-"""The API's own Prometheus metrics, on prometheus_client: one registry per app (so two apps in
-one process, as the tests run them, keep their own counts). Label values come from route
+"""The Prometheus metrics of the API and of the webhook dispatcher, on prometheus_client: one
+registry per app or dispatcher (so two in one process, as the tests run them, keep their own
+counts). Label values come from route
 templates and fixed words, never from request data, so the series stay few."""
 from __future__ import annotations
 
@@ -34,5 +35,33 @@ class ApiMetrics:
                                           "(Idempotency-Key or repeated id), by route",
                                           ("route",), registry=registry)
 
+        self.receipts = Counter("herald_api_receipts",
+                                "Delivery receipts received, by provider and outcome: recorded "
+                                "(a status event written), unmatched (no notification of "
+                                "Herald's; acknowledged and dropped), not_filed_yet (answered "
+                                "409 for the provider to send again)",
+                                ("provider", "outcome"), registry=registry)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class WebhookMetrics:
+    """What the webhook dispatcher (``python -m herald_api.webhooks --metrics-port N``) shows."""
+
+    def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.calls = Counter("herald_webhook_calls",
+                             "Calls to tenants' webhooks, by outcome: sent (2xx) or failed "
+                             "(another answer or none; retried or given up)", ("outcome",),
+                             registry=registry)
+        self.given_up = Counter("herald_webhook_given_up",
+                                "Events whose webhook call failed webhook_max_attempts times "
+                                "(kept in herald:webhook:dead:{tenant})", registry=registry)
+
+    def totals(self) -> dict[str, int]:
+        """The counts so far: sent, failed (calls) and given_up (events)."""
+        value = self.registry.get_sample_value
+        return {"sent": int(value("herald_webhook_calls_total", {"outcome": "sent"}) or 0),
+                "failed": int(value("herald_webhook_calls_total", {"outcome": "failed"}) or 0),
+                "given_up": int(value("herald_webhook_given_up_total") or 0)}

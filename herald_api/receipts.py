@@ -32,6 +32,7 @@ from herald.receipts import (CONTACT_OF_CHANNEL, SENDGRID, SENDGRID_SIGNATURE,
 from herald.redis_conn import is_cluster
 from herald.settings import Settings
 from herald_api.errors import ApiError
+from herald_api.metrics import ApiMetrics
 from herald_api.store import audit_key
 
 log = logging.getLogger("herald_api.receipts")
@@ -53,12 +54,13 @@ def twilio_signed_url(settings: Settings, raw_path: str) -> str:
 class Receipts:
     """Matches receipts to notifications and writes their status events."""
 
-    def __init__(self, settings: Settings, redis, producer, clock):
+    def __init__(self, settings: Settings, redis, producer, clock,
+                 metrics: ApiMetrics | None = None):
         self.settings = settings
         self.redis = redis
         self.producer = producer
         self.clock = clock
-        self.recorded = self.unmatched = 0
+        self.counts = (metrics or ApiMetrics()).receipts
 
     async def meta(self, receipt: Receipt) -> dict | None | bool:
         """The notification a receipt is about; None if unknown for good, False if not yet."""
@@ -86,9 +88,10 @@ class Receipts:
             meta = await self.meta(receipt)
             if meta is False:
                 later += 1
+                self.counts.labels(receipt.provider, "not_filed_yet").inc()
                 continue
             if meta is None:
-                self.unmatched += 1
+                self.counts.labels(receipt.provider, "unmatched").inc()
                 log.warning("%s receipt for unknown message %s", receipt.provider,
                             receipt.message_id)
                 continue
@@ -98,7 +101,7 @@ class Receipts:
                 event.update(invalid_contact=contact, contact_sha1=contact_sha1(receipt.to))
             await self.producer.send("status", self.settings.topic_status, event["id"],
                                      orjson.dumps(event))
-            self.recorded += 1
+            self.counts.labels(receipt.provider, "recorded").inc()
         if later:  # 409, not a 5xx: the API answers no input with a 5xx
             raise ApiError(409, "not_filed_yet", f"{later} receipt(s) name notifications not "
                                                  "yet filed; send them again", None,
@@ -157,10 +160,10 @@ async def post_sendgrid(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application, settings: Settings, clock) -> None:
     """Register the endpoints; the matcher gets the app's Redis and producer at startup."""
-    from herald_api.app import PRODUCER, REDIS
+    from herald_api.app import METRICS, PRODUCER, REDIS
 
     async def startup(app: web.Application) -> None:
-        app[RECEIPTS] = Receipts(settings, app[REDIS], app[PRODUCER], clock)
+        app[RECEIPTS] = Receipts(settings, app[REDIS], app[PRODUCER], clock, app[METRICS])
 
     app.on_startup.append(startup)
     app.router.add_post("/v1/receipts/twilio", post_twilio)

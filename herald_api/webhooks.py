@@ -17,6 +17,7 @@ Redis keys: ``herald:webhook:{tenant}`` (hash: url, secret, updated_at);
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import random
 import signal
@@ -32,6 +33,7 @@ import requests
 from aiohttp import web
 from kafka import KafkaConsumer
 from kafka.errors import CommitFailedError
+from prometheus_client import start_http_server
 
 from herald.errors import ValidationError
 from herald.models import load_object
@@ -39,6 +41,7 @@ from herald.redis_conn import redis_client as make_redis
 from herald.settings import Settings, load_settings
 from herald.webhooks import (EVENT_ID_HEADER, SIGNATURE_HEADER, RetryPolicy, Webhook, body_of,
                              check_public, event_id, sign, succeeded, wants, webhook_from_dict)
+from herald_api.metrics import WebhookMetrics
 
 log = logging.getLogger("herald_api.webhooks")
 
@@ -129,7 +132,7 @@ class WebhookDispatcher:
         self.consumer.partitions_for_topic(settings.topic_status)
         self.consumer.subscribe([settings.topic_status])
         self.stop = threading.Event()
-        self.sent = self.failed_calls = self.given_up = 0
+        self.metrics = WebhookMetrics()
 
     # ---- one call
 
@@ -181,10 +184,10 @@ class WebhookDispatcher:
                     pipe.set(done_key(job["tenant_id"], job["event_id"]), now,
                              px=self.retention_ms)
                     continue
-                self.failed_calls += 1
+                self.metrics.calls.labels("failed").inc()
                 delay = self.policy.next_delay_ms(made, self.rng)
                 if delay is None:
-                    self.given_up += 1
+                    self.metrics.given_up.inc()
                     log.warning("webhook of tenant %s: %s %s given up after %d calls (last: %s)",
                                 job["tenant_id"], job["id"], job["state"], made, status)
                     pipe.lpush(dead_key(job["tenant_id"]),
@@ -193,7 +196,7 @@ class WebhookDispatcher:
                 else:
                     pipe.zadd(RETRY_KEY, {orjson.dumps({**job, "attempts": made}): now + delay})
             pipe.execute()
-        self.sent += ok
+        self.metrics.calls.labels("sent").inc(ok)
         return ok
 
     # ---- loops
@@ -256,10 +259,16 @@ class WebhookDispatcher:
         self.redis.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Herald's webhook dispatcher")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics (herald_webhook_*) on this port")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     dispatcher = WebhookDispatcher(load_settings())
+    if args.metrics_port is not None:
+        start_http_server(args.metrics_port, registry=dispatcher.metrics.registry)
 
     def stop(signum: int, frame: Any) -> None:
         dispatcher.stop.set()
@@ -269,8 +278,8 @@ def main() -> None:
     try:
         dispatcher.run()
     finally:
-        log.info("stopping: %d sent, %d failed calls, %d given up", dispatcher.sent,
-                 dispatcher.failed_calls, dispatcher.given_up)
+        log.info("stopping: %(sent)d sent, %(failed)d failed calls, %(given_up)d given up",
+                 dispatcher.metrics.totals())
         dispatcher.close()
 
 

@@ -1,7 +1,8 @@
 """A tenant's webhook endpoint on this machine: what `make demo` registers for its tenant, and
 what the webhook tests call. It records each POST, checks its signature with the tenant's
 secret (``herald.webhooks.verify``, as a tenant's own endpoint should), and can answer 500 to
-the first call of chosen notification ids to show the dispatcher's retries."""
+the first call, or to every call, of chosen notification ids to show the dispatcher's retries
+and give-ups."""
 from __future__ import annotations
 
 import threading
@@ -22,7 +23,8 @@ class WebhookReceiver:
     def __init__(self, secret: str | None = None, host: str = "127.0.0.1", port: int = 0):
         self.secret = secret
         self.calls: list[dict] = []
-        self.fail_first: set[str] = set()
+        self.fail_first: set[str] = set()   # ids answered 500 on their first call
+        self.fail_always: set[str] = set()  # ids answered 500 on every call
         self.lock = threading.Lock()
         receiver = self
 
@@ -49,7 +51,8 @@ class WebhookReceiver:
         with self.lock:
             first = not any(c["event"]["id"] == event["id"]
                             and c["event"]["state"] == event["state"] for c in self.calls)
-            status = 500 if first and event["id"] in self.fail_first else 204
+            failing = event["id"] in self.fail_always or (first and event["id"] in self.fail_first)
+            status = 500 if failing else 204
             self.calls.append({"event": event, "body": body, "status": status,
                                "headers": headers, "signed": signed})
         handler.send_response(status)

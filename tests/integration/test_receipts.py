@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from herald.models import notification_from_dict
-from herald.receipts import contact_sha1, message_key
+from herald.receipts import contact_sha1, message_key, twilio_signature
 from herald_api.audit import AuditConsumer, ContactCleaner
 from herald_api.server import ApiServer
 from herald_stack.processes import free_port
@@ -135,6 +135,7 @@ def test_receipts_reach_the_status_and_the_audit(api, send, redis_client):
         assert (receipt["provider"], receipt["provider_message_id"], receipt["user_id"]) == \
             (provider, mid, "u-ok")
         assert orjson.loads(redis_client.get(message_key(provider, mid)))["id"] == nid
+        assert receipt_count(api, provider, "recorded") >= 1
     # the user's contacts are untouched by good receipts
     user = get(api, "/v1/users/u-ok").json()
     assert user["contacts"] == {"phone": "+15550100", "email": f"ok{U}@example.com"}
@@ -198,6 +199,39 @@ def test_receipts_must_be_signed(api, settings):
                            timeout=10)  # the right token, but not signed by the account's key
     assert answer.status_code == 403
     assert answer.json()["error"]["field"] == "X-Twilio-Email-Event-Webhook-Signature"
+
+
+def receipt_count(api, provider: str, outcome: str) -> float:
+    """``herald_api_receipts_total`` for ``provider`` and ``outcome`` on the API's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+    text = requests.get(f"{api.url}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "herald_api_receipts_total" and sample.labels == {
+                    "provider": provider, "outcome": outcome}:
+                return sample.value
+    return 0.0
+
+
+def test_receipts_herald_cannot_place_are_answered_and_counted(api, settings):
+    """A receipt naming no notification is acknowledged (Twilio would retry anything else) and
+    counted unmatched; one naming a notification the audit has not filed is answered 409 for
+    Twilio to send again, and counted so."""
+    def post(query: str, sid: str) -> requests.Response:
+        form = {"MessageSid": sid, "MessageStatus": "delivered", "To": "+15550100"}
+        url = settings.twilio_status_callback_url + (f"?{query}" if query else "")
+        signature = twilio_signature("herald-mock-credential", url, form)  # the mocks' token
+        return requests.post(f"{api.url}/v1/receipts/twilio" + (f"?{query}" if query else ""),
+                             data=form, headers={"X-Twilio-Signature": signature}, timeout=10)
+
+    unmatched, later = (receipt_count(api, "twilio", o) for o in ("unmatched", "not_filed_yet"))
+    for _ in range(2):
+        answer = post("", f"SM-unknown-{U}")
+        assert answer.status_code == 200, answer.text
+    answer = post(f"herald_id=not-yet-{U}&tenant_id={TENANT}", f"SM-later-{U}")
+    assert answer.status_code == 409 and answer.headers["Retry-After"] == "1"
+    assert receipt_count(api, "twilio", "unmatched") == unmatched + 2
+    assert receipt_count(api, "twilio", "not_filed_yet") == later + 1
 
 
 def test_unchecked_sendgrid_receipts_are_refused_against_the_real_sendgrid(settings):

@@ -156,24 +156,14 @@ def test_a_webhook_that_keeps_failing_is_given_up_after_max_attempts(api, settin
                                                                      dispatcher, redis_client):
     assert call(api, "PUT", {"url": receiver.url, "secret": SECRET}).status_code == 200
     nid = f"{U}-always-fails"
-    receiver.fail_first = set()
-    original = receiver.server.RequestHandlerClass.do_POST
-
-    def always_500(handler):
-        body = handler.rfile.read(int(handler.headers.get("Content-Length", 0)))
-        with receiver.lock:
-            receiver.calls.append({"event": orjson.loads(body), "body": body, "status": 500,
-                                   "headers": dict(handler.headers)})
-        handler.send_response(500)
-        handler.send_header("Content-Length", "0")
-        handler.end_headers()
-    receiver.server.RequestHandlerClass.do_POST = always_500
-    try:
-        produce(settings.kafka_bootstrap, settings.topic_status,
-                [(nid, orjson.dumps(status(TENANT, nid, "failed", now_ms())))])
-        wait_for(lambda: redis_client.llen(dead_key(TENANT)) == 1)
-    finally:
-        receiver.server.RequestHandlerClass.do_POST = original
+    receiver.fail_always = {nid}
+    before = dispatcher.metrics.totals()
+    produce(settings.kafka_bootstrap, settings.topic_status,
+            [(nid, orjson.dumps(status(TENANT, nid, "failed", now_ms())))])
+    wait_for(lambda: redis_client.llen(dead_key(TENANT)) == 1)
+    after = dispatcher.metrics.totals()
+    assert after["given_up"] - before["given_up"] == 1
+    assert after["failed"] - before["failed"] == settings.webhook_max_attempts
     tries = [c for c in receiver.calls if c["event"]["id"] == nid]
     assert len(tries) == settings.webhook_max_attempts
     given_up = orjson.loads(redis_client.lindex(dead_key(TENANT), 0))
