@@ -7,9 +7,8 @@ twice is harmless).
 """
 from __future__ import annotations
 
-import redis
-
 from herald.ratelimit import RedisRateLimiter
+from herald.redis_conn import redis_client
 from herald.settings import Settings
 from udfs.quotas import MAX_RATE, MIN_BURST, MIN_RATE, QuotaStore, quota_from_dict
 
@@ -20,7 +19,7 @@ def set_quota(settings: Settings, provider: str, rate_per_s: float, burst: float
     if tenant is not None:
         record["tenant_id"] = tenant
     change = quota_from_dict(record)  # the same validation the job applies
-    client = redis.Redis(host=settings.redis_host, port=settings.redis_port)
+    client = redis_client(settings)  # one server or Redis Cluster
     try:
         QuotaStore(client, RedisRateLimiter(client,
                                             reserve_fraction=settings.ratelimit_reserve_fraction,

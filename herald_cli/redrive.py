@@ -33,6 +33,7 @@ from kafka.structs import OffsetAndMetadata
 from herald import states
 from herald.errors import ValidationError
 from herald.models import notification_from_dict
+from herald.redis_conn import redis_client as make_redis
 from herald.settings import Settings
 from herald_cli.dlq_filter import DeadLetterFilter, compile_reason, parse_since
 from udfs.requeue import Task, encode_retry
@@ -123,7 +124,6 @@ def redrive_dlq(settings: Settings, *, limit: int | None = None, to: str = "retr
                 dry_run: bool = False, group: str | None = None,
                 where: DeadLetterFilter | None = None, redis_client=None,
                 poll_timeout_ms: int = 1_000) -> RedriveReport:
-    import redis
     where = where or DeadLetterFilter()
     report = RedriveReport(dry_run=dry_run, filters=where.describe())
     group = group or f"{settings.consumer_group}-redrive"
@@ -131,7 +131,7 @@ def redrive_dlq(settings: Settings, *, limit: int | None = None, to: str = "retr
                              enable_auto_commit=False, auto_offset_reset="earliest")
     producer = None if dry_run else KafkaProducer(bootstrap_servers=settings.kafka_bootstrap,
                                                   acks="all")
-    client = redis_client or redis.Redis(host=settings.redis_host, port=settings.redis_port)
+    client = redis_client or make_redis(settings)  # one server or Redis Cluster
     topics = {
         ("retry", states.CRITICAL): settings.topic_retry_critical,
         ("retry", states.PROMOTIONAL): settings.topic_retry_promo,

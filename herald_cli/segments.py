@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Iterable
 
 from herald.errors import ValidationError
+from herald.redis_conn import async_redis_client, is_cluster
+from herald.redis_conn import redis_client as make_client
 from herald.segments import SegmentFiles, check_ids, check_tenant, input_ids, read_input
 from herald.settings import Settings
 
@@ -53,9 +55,7 @@ def load_segment(settings: Settings, tenant: str, name: str, path: str | Path, *
     now = now_ms() if now is None else now
 
     async def put() -> int:
-        import redis.asyncio as aioredis
-        client = redis_client or aioredis.Redis(host=settings.redis_host,
-                                                port=settings.redis_port)
+        client = redis_client or async_redis_client(settings)  # one server or Redis Cluster
         try:
             return await SegmentStore(client, files).put(tenant, name, ids.to_pylist(), now)
         finally:
@@ -124,7 +124,8 @@ def write_users(client, tenant: str, users: Iterable, now: int) -> int:
 
     def flush() -> None:
         nonlocal written
-        with client.pipeline(transaction=True) as pipe:
+        # a transaction on one server; a cluster has none across slots (as PUT /v1/users)
+        with client.pipeline(transaction=not is_cluster(client)) as pipe:
             for user in batch:
                 queue_put(pipe, tenant, user, now)
             pipe.execute()
@@ -144,7 +145,6 @@ def load_users(settings: Settings, tenant: str, path: str | Path, *, skip_invali
                redis_client=None, now: int | None = None) -> str:
     """Load a users file into Redis; raise ValidationError (nothing written) on a bad row unless
     ``skip_invalid``. Returns a one-line report."""
-    import redis
     check_tenant(tenant)
     loaded = read_users(path)
     if loaded.errors and not skip_invalid:
@@ -153,7 +153,7 @@ def load_users(settings: Settings, tenant: str, path: str | Path, *, skip_invali
         raise ValidationError(f"{len(loaded.errors)} of {loaded.rows} rows are invalid; nothing "
                               f"was written (--skip-invalid loads the rest):\n  {shown}"
                               + (f"\n  … and {more} more" if more > 0 else ""), "file")
-    client = redis_client or redis.Redis(host=settings.redis_host, port=settings.redis_port)
+    client = redis_client or make_client(settings)
     try:
         written = write_users(client, tenant, loaded.users, now_ms() if now is None else now)
     finally:
