@@ -6,11 +6,16 @@ pipelining), bounded by a request count and a duration. Loopback only. Reports r
 mock's own CPU use (from /proc, so "per core" is measured, not assumed), latency percentiles,
 and checks that the mock's log holds exactly as many records as the client sent.
 
+The FCM mock is also driven, in alternating rounds of the same run, as a twin on aiohttp.web
+(``aiohttp_twin``): the same ``MockState`` does the per-request work, only the HTTP/1.1 layer
+differs, so the rows show what herald_mocks/http1.py buys over the library (issue 18).
+
 The APNs section compares two HTTP/2 clients against the APNs mock (Herald's own, udfs/h2_client.py,
 and, when installed, httpx[http2]); that measurement is what herald/providers/apns.py cites.
 
     .venv/bin/python bench/mock_throughput.py              # fcm, twilio, sendgrid; apns clients
     .venv/bin/python bench/mock_throughput.py --providers fcm --no-apns --duration 8
+    .venv/bin/python bench/mock_throughput.py --library-rounds 3   # more aiohttp.web rounds
     BENCH_EXTRA_PATH=/tmp/httpx .venv/bin/python bench/mock_throughput.py   # httpx from a
         # `pip install --target /tmp/httpx 'httpx[http2]'` dir, kept out of the venv
 
@@ -152,6 +157,67 @@ def load_main(args) -> None:
     print(json.dumps(asyncio.run(gen.run())))
 
 
+# ---------------------------------------------------------------- the FCM mock on aiohttp.web
+
+def aiohttp_twin(state):
+    """The FCM mock as an aiohttp.web app: ``POST /v1/projects/{project}/messages:send`` (and
+    ``/_mock/*`` for the bench's reset and stats), each request handed to the same
+    ``MockState.handle`` the hand-written server calls. So the per-request work is the mock's
+    own, to the line: path and auth checks, orjson parsing, the whole FCM validation, the
+    switches, the counters and the JSON log line (kept in memory; neither server is given a
+    ``--log`` file here). Headers go in lower-cased, as http1.py passes them; the reply's
+    status, body, headers and content type go out as a ``web.Response``; added latency is an
+    ``asyncio.sleep`` in the handler. No access log: the mock keeps its own.
+
+    What it does not do: the per-client connection cap (http1.py counts connections), refuse-
+    mode outages (closing the listener), the APNs mock's HTTP/2 sniffing; a wrong method or
+    path gets aiohttp's own 405/404, not Google's error body, and is not logged. None of those
+    is on the benchmark's path. aiohttp adds what it always adds (routing, ``Date`` and
+    ``Server`` headers, its request and response objects): that is the cost measured."""
+    from aiohttp import web
+
+    from herald_mocks.core import Request
+
+    async def handle(request: web.Request) -> web.Response:
+        req = Request(request.method, request.path, request.query_string,
+                      {k.lower(): v for k, v in request.headers.items()}, await request.read())
+        reply, delay = state.handle(req)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers,
+                            content_type=reply.content_type)
+
+    app = web.Application()
+    app.router.add_post("/v1/projects/{project}/messages:send", handle)
+    app.router.add_route("*", "/_mock/{admin:.*}", handle)
+    return app
+
+
+async def serve_aiohttp_twin(provider: str, port: int) -> None:
+    """Serve the twin on loopback until SIGTERM; print the mocks' readiness line."""
+    import signal
+
+    from aiohttp import web
+
+    from herald_mocks.__main__ import make_provider
+    from herald_mocks.core import MockState
+    if provider != "fcm":
+        raise SystemExit("the aiohttp.web twin is written for the FCM mock only")
+    state = MockState(make_provider(provider))
+    runner = web.AppRunner(aiohttp_twin(state), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024, reuse_address=True)
+    await site.start()
+    port = runner.addresses[0][1]
+    print(f"herald-mock {provider} (aiohttp.web) listening on 127.0.0.1:{port}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    state.close()
+
+
 # ---------------------------------------------------------------- the driver (parent)
 
 def cpu_seconds(pid: int) -> float:
@@ -160,9 +226,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def start_mock(provider: str) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "herald_mocks", "--provider", provider,
-                             "--port", "0"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+SERVERS = ("herald_mocks", "aiohttp.web")  # the hand-written server, its library twin
+
+
+def start_mock(provider: str, server: str = "herald_mocks") -> tuple[subprocess.Popen, int]:
+    cmd = ([sys.executable, "-m", "herald_mocks", "--provider", provider, "--port", "0"]
+           if server == "herald_mocks" else
+           [sys.executable, __file__, "--aiohttp-twin", "--provider", provider, "--port", "0"])
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()  # the readiness line; the child exits if it cannot listen
     if "listening on" not in line:
         proc.kill()
@@ -177,8 +248,9 @@ def admin(port: int, method: str, path: str, body: bytes | None = None) -> dict:
         return json.loads(resp.read())
 
 
-def run_http1(provider: str, connections: int, requests: int, duration: float) -> dict:
-    proc, port = start_mock(provider)
+def run_http1(provider: str, connections: int, requests: int, duration: float,
+              server: str = "herald_mocks") -> dict:
+    proc, port = start_mock(provider, server)
     try:
         # warm-up: connections, caches, the allocator
         subprocess.run([sys.executable, __file__, "--load", "--provider", provider, "--port",
@@ -193,7 +265,7 @@ def run_http1(provider: str, connections: int, requests: int, duration: float) -
         cpu = cpu_seconds(proc.pid) - cpu0
         result = json.loads(out.stdout)
         stats = admin(port, "GET", "/_mock/stats")
-        result.update(provider=provider, connections=connections,
+        result.update(provider=provider, server=server, connections=connections,
                       mock_cpu_s=round(cpu, 3),
                       mock_cpu_share=round(cpu / result["elapsed_s"], 3),
                       rps_per_mock_cpu_s=round(result["answered"] / cpu, 1) if cpu else None,
@@ -203,6 +275,48 @@ def run_http1(provider: str, connections: int, requests: int, duration: float) -
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def run_vs_library(connections: int, requests: int, duration: float, rounds: int) -> list[dict]:
+    """The FCM mock and its aiohttp.web twin under the same load, alternating (ABBA: the
+    order flips each round, so a drift of the machine's load does not favour one side)."""
+    runs = []
+    for i in range(rounds):
+        for server in (SERVERS if i % 2 == 0 else SERVERS[::-1]):
+            load0 = os.getloadavg()[0]
+            r = run_http1("fcm", connections, requests, duration, server)
+            r.update(round=i + 1, load_1m_before=round(load0, 2),
+                     load_1m_after=round(os.getloadavg()[0], 2))
+            runs.append(r)
+            print(json.dumps({k: r[k] for k in ("round", "server", "rps", "rps_per_mock_cpu_s",
+                                                 "mock_cpu_share")}), file=sys.stderr)
+    return runs
+
+
+def library_ratios(runs: list[dict]) -> dict:
+    """Per round, the hand-written server's req/s and req per server CPU-second over the
+    twin's, and the same over all rounds (totals: requests / seconds, requests / CPU s)."""
+    def ratio(a: float, b: float) -> float | None:
+        return round(a / b, 2) if b else None
+    out: dict = {"rounds": []}
+    totals = {s: [0, 0.0, 0.0] for s in SERVERS}  # answered, elapsed s, server CPU s
+    for i in sorted({r["round"] for r in runs}):
+        pair = {r["server"]: r for r in runs if r["round"] == i}
+        if len(pair) < 2:
+            continue
+        hand, lib = pair[SERVERS[0]], pair[SERVERS[1]]
+        out["rounds"].append({"round": i, "rps": ratio(hand["rps"], lib["rps"]),
+                              "per_cpu_s": ratio(hand["rps_per_mock_cpu_s"] or 0,
+                                                 lib["rps_per_mock_cpu_s"] or 0)})
+        for s, r in pair.items():
+            totals[s][0] += r["answered"]
+            totals[s][1] += r["elapsed_s"]
+            totals[s][2] += r["mock_cpu_s"]
+    (ha, he, hc), (la, le, lc) = totals[SERVERS[0]], totals[SERVERS[1]]
+    if he and le and hc and lc:
+        out["rps"] = ratio(ha / he, la / le)
+        out["per_cpu_s"] = ratio(ha / hc, la / lc)
+    return out
 
 
 # ---------------------------------------------------------------- APNs: HTTP/2 clients
@@ -309,20 +423,25 @@ def _env() -> dict:
 
 # ---------------------------------------------------------------- report
 
-def write_report(results: list[dict], apns: list[dict], args) -> None:
+def write_report(results: list[dict], apns: list[dict], args,
+                 vs_library: list[dict] | None = None, load_before: float | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "python": platform.python_version(), "cpus": os.cpu_count(),
             "connections": args.connections, "max_requests": args.requests,
-            "duration_s": args.duration, "load_1m_at_end": round(os.getloadavg()[0], 2)}
-    (RESULTS / "mock_throughput.json").write_text(
-        json.dumps({"meta": meta, "http1": results, "apns_clients": apns}, indent=2) + "\n")
+            "duration_s": args.duration, "load_1m_at_start": load_before,
+            "load_1m_at_end": round(os.getloadavg()[0], 2)}
+    ratios = library_ratios(vs_library) if vs_library else None
+    (RESULTS / "mock_throughput.json").write_text(json.dumps(
+        {"meta": meta, "http1": results, "vs_library": vs_library or [],
+         "vs_library_ratios": ratios, "apns_clients": apns}, indent=2) + "\n")
     lines = ["# Mock provider throughput", "",
              f"{meta['when']}, Python {meta['python']}, {meta['cpus']} cores shared with the "
-             f"load generator (a separate process) and other work (load "
-             f"{meta['load_1m_at_end']} at the end). Keep-alive HTTP/1.1, one request in flight "
-             f"per connection, {args.connections} connections, at most {args.requests} "
-             f"requests or {args.duration} s. Command: `.venv/bin/python "
+             f"load generator (a separate process) and other work (1-minute load "
+             f"{meta['load_1m_at_start']} at the start, {meta['load_1m_at_end']} at the "
+             f"end). Keep-alive HTTP/1.1, one request in flight per connection, "
+             f"{args.connections} connections, at most {args.requests} requests or "
+             f"{args.duration} s. Command: `.venv/bin/python "
              "bench/mock_throughput.py`.", "",
              "| mock | requests | req/s | mock CPU share | req per mock CPU-second | "
              "p50 ms | p99 ms | log exact |", "|---|---|---|---|---|---|---|---|"]
@@ -334,6 +453,27 @@ def write_report(results: list[dict], apns: list[dict], args) -> None:
     lines += ["", "`req per mock CPU-second` is what one core gives the mock when the load "
               "generator is not the limit; `mock CPU share` near 1.0 means the mock was "
               "saturated, well below 1.0 means the client was the limit."]
+    if vs_library:
+        lines += ["", "## The FCM mock's server against aiohttp.web (same run)", "",
+                  "The same load on the FCM mock (herald_mocks: its hand-written asyncio HTTP/1.1 "
+                  "server) and on its twin built on aiohttp.web (`aiohttp_twin` in this file: "
+                  "the same `MockState` does each request's parsing, validation and logging, "
+                  "only the HTTP layer differs), in alternating rounds (the order flips each "
+                  "round). Same connections, bounds and warm-up as above; `server CPU` is the "
+                  "server process's, from /proc.", "",
+                  "| round | server | requests | req/s | server CPU share | "
+                  "req per server CPU-second | p50 ms | p99 ms | log exact | load 1m before → "
+                  "after |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in vs_library:
+            lines.append(f"| {r['round']} | {r['server']} | {r['answered']} | {r['rps']:.0f} | "
+                         f"{r['mock_cpu_share']:.2f} | {r['rps_per_mock_cpu_s'] or 0:.0f} | "
+                         f"{r['latency_ms']['p50']} | {r['latency_ms']['p99']} | "
+                         f"{'yes' if r['log_exact'] else 'NO'} | {r['load_1m_before']} → "
+                         f"{r['load_1m_after']} |")
+        per_round = ", ".join(f"round {x['round']}: ×{x['rps']} req/s, ×{x['per_cpu_s']} per "
+                              "CPU-second" for x in ratios["rounds"])
+        lines += ["", f"herald_mocks over aiohttp.web, all rounds: ×{ratios.get('rps')} req/s, "
+                  f"×{ratios.get('per_cpu_s')} requests per server CPU-second ({per_round})."]
     if apns:
         lines += ["", "## APNs over HTTP/2 (h2c): which client", "",
                   f"One connection, {args.apns_concurrency} concurrent streams, "
@@ -363,9 +503,12 @@ def main() -> None:
     ap.add_argument("--apns-requests", type=int, default=8_000)
     ap.add_argument("--apns-concurrency", type=int, default=100)
     ap.add_argument("--no-apns", action="store_true")
+    ap.add_argument("--library-rounds", type=int, default=2,
+                    help="rounds of the FCM mock against its aiohttp.web twin (0: none)")
     # child modes
     ap.add_argument("--load", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--apns-client", help=argparse.SUPPRESS)
+    ap.add_argument("--aiohttp-twin", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--provider", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -373,11 +516,16 @@ def main() -> None:
         return load_main(args)
     if args.apns_client:
         return apns_client_main(args)
+    if args.aiohttp_twin:
+        return asyncio.run(serve_aiohttp_twin(args.provider, args.port))
     args.duration = min(args.duration, 20.0)  # the machine is shared: keep every run short
+    load_before = round(os.getloadavg()[0], 2)
     results = [run_http1(p, args.connections, args.requests, args.duration)
                for p in args.providers.split(",") if p]
+    vs_library = run_vs_library(args.connections, args.requests, args.duration,
+                                args.library_rounds)
     apns = [] if args.no_apns else run_apns_clients(args.apns_requests, args.apns_concurrency)
-    write_report(results, apns, args)
+    write_report(results, apns, args, vs_library, load_before)
 
 
 if __name__ == "__main__":
