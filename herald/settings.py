@@ -1,25 +1,40 @@
 """Herald's settings: one typed, immutable object from env vars and an optional TOML file.
 
-Precedence: explicit overrides > ``HERALD_*`` environment variables > the file named by
-``HERALD_CONFIG`` > defaults. Secrets are masked in ``repr`` so logs never show them.
+``load_settings`` reads them with pydantic-settings. Precedence: explicit overrides >
+``HERALD_<NAME>`` environment variables > the TOML file named by ``HERALD_CONFIG`` > defaults.
+A value that does not parse (a number, a boolean, one of a closed set) is an error naming where
+it came from. ``Settings(...)`` alone is the defaults and its arguments, no environment.
+Secrets are ``SecretStr``: masked when printed, read with ``get_secret_value()``.
+
+``Settings`` is a frozen pydantic dataclass, not a ``BaseSettings`` model: operators read it per
+record, and a model's ``__getattr__`` keeps CPython 3.11 from specialising attribute reads
+(27 ns against 8 ns). pydantic-settings reads the sources through a model made from its fields.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-import tomllib
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
+
+from pydantic import ConfigDict, SecretStr, ValidationError, field_validator
+from pydantic.dataclasses import dataclass
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "HERALD_"
+CONFIG_VAR = "HERALD_CONFIG"  # the TOML file's path
+DELIVERY_CLASSES = ("critical", "promotional")
 
 
-def _secret() -> Any:
-    return field(default="", repr=False, metadata={"secret": True})
+class SettingsError(ValueError):
+    """Settings that cannot be read: each bad value named by the env var, file or argument."""
 
 
-@dataclass(frozen=True)
+# Unknown names refused; numbers in the TOML file taken for string settings
+# (flink_prometheus_port = 9249), as the env's strings are.
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", coerce_numbers_to_str=True,
+                                            defer_build=True))
 class Settings:
     # Where the local stack keeps its binaries, data, logs and pid files.
     stack_dir: str = str(PROJECT_ROOT / ".stack")
@@ -64,18 +79,18 @@ class Settings:
     # Providers (base URLs are the only difference between the mocks and the real thing)
     fcm_url: str = "http://127.0.0.1:18101"
     fcm_project: str = "herald-dev"
-    fcm_access_token: str = _secret()
+    fcm_access_token: SecretStr = SecretStr("")
     apns_url: str = "http://127.0.0.1:18102"
     apns_topic: str = "dev.herald.app"
     apns_key_id: str = "HERALDKEY1"
     apns_team_id: str = "HERALDTEAM"
-    apns_private_key: str = _secret()
+    apns_private_key: SecretStr = SecretStr("")
     twilio_url: str = "http://127.0.0.1:18103"
     twilio_account_sid: str = "ACherald0000000000000000000000000"
-    twilio_auth_token: str = _secret()
+    twilio_auth_token: SecretStr = SecretStr("")
     twilio_from: str = "+15550000000"
     sendgrid_url: str = "http://127.0.0.1:18104"
-    sendgrid_api_key: str = _secret()
+    sendgrid_api_key: SecretStr = SecretStr("")
     sendgrid_from: str = "herald@example.com"
     # Records are collected per lane (one per gate subtask) over this window, per class, and a
     # gate subtask works one batch at a time, each costing a provider round trip: the window
@@ -119,7 +134,7 @@ class Settings:
     send_parts_ahead: int = 1
     # "http" calls the providers; "null" answers every call at once in-process (benchmarks of
     # the pipeline's own ceiling only: nothing is delivered).
-    provider_transport: str = "http"
+    provider_transport: Literal["http", "null"] = "http"
 
     # Which classes this delivery job runs ("critical,promotional": both, the default). Run one
     # job per class on a shared machine so each has its own JVM and Python interpreter; the
@@ -133,10 +148,18 @@ class Settings:
     flink_parallelism: int = 1
     # Key groups: fixed, so a savepoint restores at any parallelism up to it.
     flink_max_parallelism: int = 128
-    # Batches per window per class: the window collects `partition mod lanes`, one lane per gate
-    # subtask (operators/lanes.py); 0 = the job's parallelism. A lane's users keep their state
-    # under the lane's key, so change it only with a fresh start (or keep it when rescaling).
-    gate_lanes: int = 0
+    # Lanes per class: the window collects `partition mod lanes` (one batch per non-empty lane),
+    # and each lane is worked by one gate subtask (operators/lanes.py), so the job's parallelism
+    # must be at most the lanes (it fails at start otherwise) and should divide them. Like the
+    # max parallelism, it leaves room to grow: 8 runs at parallelism 1, 2, 4 or 8, at the cost
+    # of min(lanes, partitions) batches per window at parallelism 1 (docs/decisions/021-gate-lanes.md).
+    # A lane's users keep their state under the lane's key, so it changes only with a fresh
+    # start; 0 = the job's parallelism (the default before 021: restore such a savepoint with
+    # HERALD_GATE_LANES set to the parallelism it was taken at, docs/OPERATIONS.md).
+    gate_lanes: int = 8
+    # Lanes spread over the subtasks (lane mod P decides the subtask). False: in order, as
+    # before 021, only to restore a savepoint written then with 4, 6, 8... lanes.
+    gate_lanes_spread: bool = True
     flink_checkpoint_interval_ms: int = 5_000
     # How long what the gates and call operators emit (statuses, retries, dead letters) may wait
     # in a network buffer before it is flushed: off the path to the provider, so longer than the
@@ -150,7 +173,7 @@ class Settings:
     # default: the gate keeps up at low rates without it (one batch per lane per window); the
     # kill tests pass with it on (docs/decisions/010-buffer-debloating.md).
     flink_buffer_debloat_target_ms: int = 0
-    flink_python_mode: str = "thread"
+    flink_python_mode: Literal["thread", "process"] = "thread"
     flink_jars_dir: str = str(PROJECT_ROOT / ".stack" / "flink-jars")
     flink_watermark_idle_ms: int = 1_000
     flink_max_out_of_orderness_ms: int = 2_000
@@ -170,7 +193,7 @@ class Settings:
     twilio_status_callback_url: str = "http://127.0.0.1:8080/v1/receipts/twilio"
     # SendGrid's Event Webhook posts to /v1/receipts/sendgrid; when set, it must carry
     # ``?token=<this>`` in the URL configured at SendGrid (a shared secret; see CONTRACT.md)
-    sendgrid_webhook_secret: str = _secret()
+    sendgrid_webhook_secret: SecretStr = SecretStr("")
     # SendGrid's signed Event Webhook: its verification key (base64 DER, as SendGrid shows it);
     # when set, each POST's ECDSA signature over timestamp + body must verify
     sendgrid_webhook_public_key: str = ""
@@ -189,7 +212,7 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     # Per-tenant Bearer keys, "key1:acme,key2:globex": each key acts for exactly one tenant
-    api_keys: str = _secret()
+    api_keys: SecretStr = SecretStr("")
     api_max_body_bytes: int = 1_048_576          # any request body; larger → 413
     api_max_segment_bytes: int = 33_554_432      # PUT /v1/segments/{name} bodies (big id lists)
     api_idempotency_ttl_s: int = 86_400          # Idempotency-Key / repeated id remembered this long
@@ -223,7 +246,7 @@ class Settings:
     # herald.promo sink: "exactly-once" (Kafka transactions committed with each checkpoint: a
     # restore re-emits nothing a read_committed reader saw) or "at-least-once" (visible at once;
     # a restore re-emits the batches after the last checkpoint, ids dedup'd in delivery).
-    expansion_delivery_guarantee: str = "exactly-once"
+    expansion_delivery_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
     # The embedded expansion job's dashboard (the delivery job has flink_rest_port).
     expansion_rest_port: int = 8082
 
@@ -302,6 +325,15 @@ class Settings:
     # local mock). Its answer is awaited until then too.
     provider_write_margin_ms: int = 50
 
+    @field_validator("delivery_classes")
+    @classmethod
+    def _known_classes(cls, value: str) -> str:
+        named = [c.strip() for c in value.split(",") if c.strip()]
+        if not named or not set(named) <= set(DELIVERY_CLASSES):
+            raise ValueError(f"delivery_classes must name {' and/or '.join(DELIVERY_CLASSES)}, "
+                             f"not {value!r}")
+        return value
+
     @property
     def data_dir(self) -> Path:
         return Path(self.stack_dir) / "data"
@@ -317,55 +349,79 @@ class Settings:
     def topics(self) -> dict[str, str]:
         """Every contract topic, by role."""
         return {f.name[len("topic_"):]: getattr(self, f.name)
-                for f in fields(self) if f.name.startswith("topic_")}
+                for f in dataclasses.fields(self) if f.name.startswith("topic_")}
 
     def replace(self, **changes: Any) -> "Settings":
+        """A copy with ``changes``, checked as the constructor checks them."""
         return dataclasses.replace(self, **changes)
 
-    def __repr__(self) -> str:  # secrets masked
-        shown = ", ".join(
-            f"{f.name}={'***' if f.metadata.get('secret') and getattr(self, f.name) else repr(getattr(self, f.name))}"
-            for f in fields(self))
-        return f"Settings({shown})"
+
+@functools.cache
+def _sources() -> tuple[type, type, type]:
+    """pydantic-settings' model of Settings (its fields, the HERALD_ prefix) and the env and
+    TOML sources. Built at the first load: the job's operators only unpickle Settings, and
+    pydantic-settings (asyncio and all) would double the import time of this module."""
+    from pydantic import create_model
+    from pydantic_settings import (BaseSettings, EnvSettingsSource, SettingsConfigDict,
+                                   TomlConfigSettingsSource)
+
+    class Sources(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    fields = {f.name: (f.type, f.default) for f in dataclasses.fields(Settings)}
+    return create_model("HeraldSettings", __base__=Sources, **fields), EnvSettingsSource, \
+        TomlConfigSettingsSource
 
 
-def _coerce(kind: type, raw: Any, name: str) -> Any:
-    if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
-        return raw
-    try:
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-        if kind is bool:
-            return str(raw).lower() in ("1", "true", "yes", "on")
-        return str(raw)
-    except ValueError as exc:
-        raise ValueError(f"setting {name}: cannot read {raw!r} as {kind.__name__}") from exc
+def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """The ``HERALD_<NAME>`` variables of ``env`` by setting name, as pydantic-settings reads
+    os.environ (names case-insensitive)."""
+    model, env_source, _ = _sources()
+    source = env_source(model)
+    source.env_vars = {k.lower(): v for k, v in env.items()}
+    return source()
+
+
+def _read_file(path: str) -> dict[str, Any]:
+    if not Path(path).is_file():  # pydantic-settings skips a missing file; a named one must be
+        raise SettingsError(f"{CONFIG_VAR}={path!r}: no such file")
+    model, _, toml_source = _sources()
+    return toml_source(model, toml_file=path).toml_data
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build Settings from ``HERALD_<NAME>`` env vars and the optional ``HERALD_CONFIG`` TOML file."""
+    """Settings from ``HERALD_<NAME>`` env vars and the optional ``HERALD_CONFIG`` TOML file."""
     env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    config_path = env.get("HERALD_CONFIG")
-    if config_path:
-        with open(config_path, "rb") as fh:
-            values.update(tomllib.load(fh))
-    for f in fields(Settings):
-        key = f"HERALD_{f.name.upper()}"
-        if key in env:
-            values[f.name] = env[key]
-    values.update(overrides)
-    known = {f.name: f for f in fields(Settings)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"unknown settings: {', '.join(unknown)}")
-    kinds = {"int": int, "float": float, "str": str, "bool": bool}
-    typed = {name: _coerce(kinds[str(known[name].type)], raw, name) for name, raw in values.items()}
-    return Settings(**typed)
+    path = env.get(CONFIG_VAR)
+    layers = {"file": _read_file(path) if path else {}, "env": _read_env(env),
+              "argument": overrides}
+    try:
+        return Settings(**{k: v for values in layers.values() for k, v in values.items()})
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc, layers, path)) from None
+
+
+def _explain(exc: ValidationError, layers: Mapping[str, Mapping[str, Any]],
+             path: str | None) -> str:
+    """One line per bad value, named as the user wrote it; a secret's value is never shown."""
+    secret = {f.name for f in dataclasses.fields(Settings) if f.type in (SecretStr, "SecretStr")}
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else ""
+        where = next((w for w in ("argument", "env", "file") if name in layers[w]), "")
+        shown = {"argument": f"argument {name}", "env": f"{ENV_PREFIX}{name.upper()}",
+                 "file": f"{name} in {path}"}.get(where, name)
+        if error["type"] == "unexpected_keyword_argument":
+            problems.append(f"unknown setting {shown}")
+            continue
+        value = "***" if name in secret else repr(layers[where][name]) if where else ""
+        problems.append(f"{shown}={value}: {error['msg']}")
+    return "invalid settings: " + "; ".join(problems)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """``HERALD_*`` variables that rebuild ``settings`` in a child process (jobs, mocks)."""
-    return {f"HERALD_{f.name.upper()}": str(getattr(settings, f.name)) for f in fields(Settings)}
+    values = ((f.name, getattr(settings, f.name)) for f in dataclasses.fields(settings))
+    return {f"{ENV_PREFIX}{name.upper()}": str(value.get_secret_value()
+                                               if isinstance(value, SecretStr) else value)
+            for name, value in values}

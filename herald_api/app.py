@@ -459,7 +459,7 @@ def create_app(settings: Settings, *, redis=None, producer: Producer | None = No
                           client_max_size=limit + 1)
     app[SETTINGS] = settings
     app[METRICS] = ApiMetrics()
-    app[KEYS] = parse_api_keys(settings.api_keys)
+    app[KEYS] = parse_api_keys(settings.api_keys.get_secret_value())
     app[CLOCK] = clock
     if not app[KEYS]:
         log.warning("no API keys configured (HERALD_API_KEYS): every /v1 request gets 401")

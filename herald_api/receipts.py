@@ -117,7 +117,8 @@ async def post_twilio(request: web.Request) -> web.Response:
     raw = await request.read()
     form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
     try:
-        token = credential(settings.twilio_auth_token, settings.twilio_url, "twilio_auth_token")
+        token = credential(settings.twilio_auth_token.get_secret_value(), settings.twilio_url,
+                           "twilio_auth_token")
     except ProviderConfigError as exc:
         raise ApiError(503, "unavailable", str(exc), None) from None
     url = twilio_signed_url(settings, request.raw_path)
@@ -140,7 +141,8 @@ async def post_sendgrid(request: web.Request) -> web.Response:
         # unchecked receipts could strip any user's address with a forged bounce
         raise ApiError(503, "unavailable", "SendGrid receipts are refused until "
                        "sendgrid_webhook_public_key or sendgrid_webhook_secret is set", None)
-    if not secret_ok(settings.sendgrid_webhook_secret, request.query.get("token")):
+    if not secret_ok(settings.sendgrid_webhook_secret.get_secret_value(),
+                     request.query.get("token")):
         raise ApiError(403, "forbidden", "the webhook URL's token does not match", "token")
     raw = await request.read()
     if settings.sendgrid_webhook_public_key and not sendgrid_signature_ok(

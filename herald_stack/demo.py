@@ -116,7 +116,7 @@ def demo_settings(settings: Settings) -> Settings:
 def with_demo_key(settings: Settings) -> Settings:
     """``settings`` whose API keys include the demo key (for tenant ``demo``)."""
     entry = f"{DEMO_KEY}:{TENANT}"
-    keys = [k.strip() for k in settings.api_keys.split(",") if k.strip()]
+    keys = [k.strip() for k in settings.api_keys.get_secret_value().split(",") if k.strip()]
     return settings if entry in keys else settings.replace(api_keys=",".join([*keys, entry]))
 
 

@@ -118,7 +118,7 @@ class ProviderTokenSigner:
     def _key(self, settings: Settings):
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.hazmat.primitives.serialization import load_pem_private_key
-        material = settings.apns_private_key.strip()
+        material = settings.apns_private_key.get_secret_value().strip()
         if material in self._keys:
             return self._keys[material]
         if not material:

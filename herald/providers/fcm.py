@@ -90,7 +90,8 @@ class FcmAdapter(ProviderAdapter):
         message["android"] = {
             "ttl": ttl(notification.expires_at - now),
             "priority": "HIGH" if notification.priority == states.CRITICAL else "NORMAL"}
-        url, headers = endpoint(settings.fcm_url, settings.fcm_project, settings.fcm_access_token)
+        url, headers = endpoint(settings.fcm_url, settings.fcm_project,
+                                 settings.fcm_access_token.get_secret_value())
         return ProviderRequest("POST", url, headers, orjson.dumps({"message": message}))
 
     def classify(self, status: int, headers: Mapping | Iterable | None, body: bytes) -> Outcome:

@@ -70,7 +70,7 @@ class SendGridAdapter(ProviderAdapter):
         content = notification.content
         if not content.body:
             raise EmptyContentError(f"notification {notification.id} has no rendered body")
-        url, headers = endpoint(settings.sendgrid_url, settings.sendgrid_api_key)
+        url, headers = endpoint(settings.sendgrid_url, settings.sendgrid_api_key.get_secret_value())
         mail = {
             "personalizations": [{"to": [{"email": contacts.email}]}],
             "from": {"email": settings.sendgrid_from},

@@ -80,7 +80,7 @@ class TwilioAdapter(ProviderAdapter):
         now = clock_ms() if now_ms is None else now_ms
         validity = min(MAX_VALIDITY_S, max(1, (notification.expires_at - now) // 1000))
         url, headers = endpoint(settings.twilio_url, settings.twilio_account_sid,
-                                settings.twilio_auth_token)
+                                settings.twilio_auth_token.get_secret_value())
         form = {"To": contacts.phone, "From": settings.twilio_from,
                 "Body": notification.content.body,
                 "StatusCallback": status_callback(settings, notification.id,

@@ -41,7 +41,7 @@ def mock_accepted(settings, herald_id: str) -> list[dict]:
 
 
 def test_the_demo_key_is_added_to_the_configured_ones(settings):
-    assert settings.api_keys == "other-key:other,demo-key:demo"
+    assert settings.api_keys.get_secret_value() == "other-key:other,demo-key:demo"
     assert demo.with_demo_key(settings) is settings  # once only
     assert settings.webhook_allow_private  # the demo's receiver is on this machine
 
