@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -368,7 +369,8 @@ def _sources() -> tuple[type, type, type]:
     class Sources(BaseSettings):
         model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
-    fields = {f.name: (f.type, f.default) for f in dataclasses.fields(Settings)}
+    hints = typing.get_type_hints(Settings)
+    fields = {f.name: (hints[f.name], f.default) for f in dataclasses.fields(Settings)}
     return create_model("HeraldSettings", __base__=Sources, **fields), EnvSettingsSource, \
         TomlConfigSettingsSource
 
@@ -404,7 +406,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
 def _explain(exc: ValidationError, layers: Mapping[str, Mapping[str, Any]],
              path: str | None) -> str:
     """One line per bad value, named as the user wrote it; a secret's value is never shown."""
-    secret = {f.name for f in dataclasses.fields(Settings) if f.type in (SecretStr, "SecretStr")}
+    secret = {name for name, hint in typing.get_type_hints(Settings).items() if hint is SecretStr}
     problems = []
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else ""
