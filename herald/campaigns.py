@@ -32,6 +32,7 @@ SEGMENT_NAME_RULE = "1-128 characters of A-Z a-z 0-9 . _ -, starting with a lett
 MAX_EPOCH_MS = 9_999_999_999_999
 # The separator of derived recipient ids, ``{campaign_id}:{user_id}``.
 RECIPIENT_SEPARATOR = ":"
+CAMPAIGN_ID_PATTERN = rf"^[^\s/{RECIPIENT_SEPARATOR}]+$"  # herald.models.ID_PATTERN, no ':'
 # The fields the contract lists for a campaign (the API refuses others; see herald.models).
 CAMPAIGN_FIELDS = frozenset({"campaign_id", "tenant_id", "audience", "channels", "content",
                              "created_at", "expires_at", "send_at"})
@@ -552,6 +553,10 @@ C_CANCELLED, C_EXPIRED, C_FAILED = CANCELLED, EXPIRED, FAILED
 # A recipient's final states: it counts under the latest of them, once.
 RECIPIENT_FINAL = (states.DELIVERED, states.FAILED, states.EXPIRED, states.CANCELLED,
                    states.OPTED_OUT)
+CAMPAIGN_STATES = (C_ACCEPTED, C_EXPANDING, C_SENDING, C_COMPLETED, C_CANCELLED, C_EXPIRED,
+                   C_FAILED)
+# The keys of ``campaign_status``'s progress, in its order.
+PROGRESS_FIELDS = ("expanded", "total", *RECIPIENT_FINAL, "pending", "sent")
 
 
 def phase_of(event: Mapping) -> str | None:

@@ -23,12 +23,23 @@ from herald.errors import ValidationError
 MAX_ID_LENGTH = 256
 MAX_TENANT_LENGTH = 64
 MAX_EPOCH_MS = 10**13  # 2286-11-20: keeps created_at + any TTL inside 64 bits
+MIN_EPOCH_MS = 10**11  # 1973-03-03: anything smaller is taken for seconds
+MAX_PUSH_TOKEN_LENGTH = 4096
+MAX_EMAIL_LENGTH = 320
+MAX_TITLE_LENGTH = 1024
+MAX_BODY_LENGTH = 65536
 
 ID_RULE = f"1-{MAX_ID_LENGTH} printable characters without whitespace or '/'"
 TENANT_RULE = (f"1-{MAX_TENANT_LENGTH} characters of A-Z a-z 0-9 . _ -, starting with a letter "
                "or digit")
 PHONE_RULE = "E.164: '+' then 2-15 digits, the first not 0 (e.g. '+15550100')"
 EMAIL_RULE = "an address with one '@', a non-empty local part and a domain with a dot"
+# The rules above as JSON Schema patterns, for the API's document (herald_api.schemas); the
+# checks below are the judges (an id must also be printable, which a pattern cannot say).
+ID_PATTERN = r"^[^\s/]+$"
+TENANT_PATTERN = rf"^[A-Za-z0-9][A-Za-z0-9._-]{{0,{MAX_TENANT_LENGTH - 1}}}$"
+PHONE_PATTERN = r"^\+[1-9][0-9]{1,14}$"
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s.][^@\s]*\.[^@\s]*[^@\s.]$"
 _TENANT_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _TENANT_CHARS = _TENANT_FIRST | frozenset("._-")
 # Tenant ids already found valid: a handful per deployment, so the check is one set lookup.
@@ -294,7 +305,7 @@ def check_notification_fields(obj: Mapping) -> None:
 
 def _epoch_ms(obj: Mapping, name: str, *, required: bool = True) -> int | None:
     value = obj.get(name)
-    if value.__class__ is int and 10**11 <= value < MAX_EPOCH_MS:
+    if value.__class__ is int and MIN_EPOCH_MS <= value < MAX_EPOCH_MS:
         return value  # the common case, checked first
     if value is None and not required:
         return None
@@ -304,7 +315,7 @@ def _epoch_ms(obj: Mapping, name: str, *, required: bool = True) -> int | None:
                               name)
     if value <= 0:
         raise ValidationError(f"'{name}' must be a positive epoch in milliseconds", name)
-    if value < 10**11:
+    if value < MIN_EPOCH_MS:
         raise ValidationError(f"'{name}' looks like seconds, not milliseconds: {value}", name)
     if value >= MAX_EPOCH_MS:
         raise ValidationError(f"'{name}' is past the year 2286: {value}", name)
@@ -347,9 +358,10 @@ def _contacts(obj: Mapping) -> Contacts:
         raise ValidationError(f"'to.platform' must be 'ios' or 'android', got {platform!r}",
                               "to.platform")
     phone = _string(to, "phone", required=False, max_len=32, prefix="to.")
-    email = _string(to, "email", required=False, max_len=320, prefix="to.")
+    email = _string(to, "email", required=False, max_len=MAX_EMAIL_LENGTH, prefix="to.")
     return Contacts(
-        push_token=_string(to, "push_token", required=False, max_len=4096, prefix="to."),
+        push_token=_string(to, "push_token", required=False, max_len=MAX_PUSH_TOKEN_LENGTH,
+                           prefix="to."),
         platform=platform,
         phone=phone if phone is None else check_phone(phone),
         email=email if email is None else check_email(email),
@@ -366,8 +378,8 @@ def _content(obj: Mapping) -> Content:
     if not (variables.__class__ is dict or isinstance(variables, Mapping)):
         raise ValidationError("'content.vars' must be an object", "content.vars")
     content = Content(
-        title=_string(c, "title", required=False, max_len=1024, prefix="content."),
-        body=_string(c, "body", required=False, max_len=65536, prefix="content."),
+        title=_string(c, "title", required=False, max_len=MAX_TITLE_LENGTH, prefix="content."),
+        body=_string(c, "body", required=False, max_len=MAX_BODY_LENGTH, prefix="content."),
         data=dict(data), template=_string(c, "template", required=False, prefix="content."),
         vars=dict(variables))
     if content.body is None and content.template is None:

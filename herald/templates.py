@@ -29,13 +29,14 @@ import orjson
 
 from herald.campaigns import check_named_body
 from herald.errors import HeraldError, ValidationError
+from herald.models import MAX_BODY_LENGTH, MAX_TITLE_LENGTH
 from herald.users import LOCALE
 
 PREFIX = "herald"
 VAR = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*")
 TOKEN = re.compile(r"\\\{\{|\{\{(.*?)\}\}|\{\{", re.S)
 MAX_LOCALES = 64
-LIMITS = {"title": 1024, "body": 65536}
+LIMITS = {"title": MAX_TITLE_LENGTH, "body": MAX_BODY_LENGTH}
 TEMPLATE_FIELDS = frozenset({"name", "tenant_id", "default_locale", "locales"})
 
 

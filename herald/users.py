@@ -27,6 +27,8 @@ LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8}){0,3}")
 # 24-hour local time; seconds are optional (a window can end between two minutes).
 CLOCK = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])(?::([0-5][0-9]))?")
 USER_FIELDS = frozenset({"tenant_id", "user_id", "contacts", "locale", "opt_outs", "quiet_hours"})
+MAX_LOCALE_LENGTH = 35
+MAX_TZ_LENGTH = 64  # IANA zone names are far shorter
 # What the delivery path reads of a user hash, in this order (HMGET).
 HASH_FIELDS = ("push_token", "platform", "phone", "email", "locale", "opt_outs", "quiet_start",
                "quiet_end", "quiet_tz")
@@ -136,7 +138,7 @@ def _quiet_hours(obj: Mapping) -> QuietHours | None:
         if not CLOCK.fullmatch(value):
             raise ValidationError(f"'quiet_hours.{name}' must be a 24-hour 'HH:MM' (or "
                                   f"'HH:MM:SS'), got {value!r}", f"quiet_hours.{name}")
-    tz = text("tz", 64)
+    tz = text("tz", MAX_TZ_LENGTH)
     try:
         zoneinfo.ZoneInfo(tz)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
@@ -197,7 +199,7 @@ def user_from_dict(obj: Mapping, user_id: str) -> UserRecord:
     except ValidationError as exc:  # the notification reader names it 'to.*'
         field = exc.field.replace("to.", "contacts.", 1) if exc.field else "contacts"
         raise ValidationError(exc.message.replace("'to.", "'contacts."), field, exc.code) from None
-    locale = _string(obj, "locale", required=False, max_len=35)
+    locale = _string(obj, "locale", required=False, max_len=MAX_LOCALE_LENGTH)
     if locale is not None and not LOCALE.fullmatch(locale):
         raise ValidationError(f"'locale' must look like 'en' or 'pt-BR', got {locale!r}", "locale")
     return UserRecord(user_id=user_id, contacts=parsed, locale=locale, opt_outs=_opt_outs(obj),

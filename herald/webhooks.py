@@ -41,6 +41,7 @@ SIGNATURE_HEADER = "X-Herald-Signature"
 EVENT_ID_HEADER = "X-Herald-Event-Id"
 DEFAULT_TOLERANCE_S = 300
 MIN_SECRET, MAX_SECRET = 16, 256
+MAX_URL_LENGTH = 2048
 _SIG = re.compile(r"^t=(\d{1,12}),v1=([0-9a-f]{64})$")
 # What of a status event stays out of the body (a hash of a contact is of no use to a tenant)
 INTERNAL_FIELDS = ("contact_sha1",)
@@ -61,8 +62,9 @@ def webhook_from_dict(obj: Any, allow_private: bool = True) -> Webhook:
     if unknown:
         raise ValidationError(f"unknown field(s) {', '.join(map(repr, unknown))}", unknown[0])
     url, secret = obj.get("url"), obj.get("secret")
-    if not isinstance(url, str) or len(url) > 2048:
-        raise ValidationError("'url' must be a URL string of at most 2048 characters", "url")
+    if not isinstance(url, str) or len(url) > MAX_URL_LENGTH:
+        raise ValidationError(f"'url' must be a URL string of at most {MAX_URL_LENGTH} "
+                              "characters", "url")
     try:
         parts = urlsplit(url)
         host = parts.hostname

@@ -64,6 +64,8 @@ from herald.users import UserRecord, queue_put, user_key  # noqa: F401 (user_key
 PREFIX = "herald"
 PENDING = "pending:"
 SEGMENT_WRITE_BATCH = 10_000
+# A notification's state while the API has enqueued it and no status event is stored yet.
+ENQUEUED = "enqueued"
 
 # Which state an attempt list ends in, when two events share a timestamp: the more final one.
 # ``duplicate`` says a later submission was dropped; it never replaces a known state.
@@ -442,7 +444,7 @@ class AuditStore:
         out: dict[str, Any] = {"id": notification_id, "tenant_id": tenant,
                                "user_id": meta.get("user_id") or None,
                                "priority": meta.get("priority") or None,
-                               "state": meta.get("state", "enqueued"),
+                               "state": meta.get("state", ENQUEUED),
                                "updated_at": int(meta["at"]) if "at" in meta else None,
                                "enqueued_at": int(meta["enqueued_at"]) if "enqueued_at" in meta
                                else None,

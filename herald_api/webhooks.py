@@ -74,13 +74,15 @@ def _text(raw: dict) -> dict[str, str]:
 # ---------------------------------------------------------------- the API's endpoints
 
 async def put_webhook(request: web.Request) -> web.Response:
-    from herald_api.app import CLOCK, REDIS, SETTINGS, authenticate, check_tenant, \
-        json_response, read_object, validated
+    from herald_api import schemas
+    from herald_api.app import CLOCK, REDIS, SETTINGS, authenticate, check_tenant, checked, \
+        json_response, read_object
     app = request.app
     tenant = authenticate(request)
     obj = await read_object(request, app[SETTINGS].api_max_body_bytes)
     check_tenant(obj, tenant)
-    hook = validated(lambda: webhook_from_dict(obj, app[SETTINGS].webhook_allow_private))
+    hook = checked(schemas.Webhook, obj,
+                   lambda: webhook_from_dict(obj, app[SETTINGS].webhook_allow_private))
     now = app[CLOCK]()
     await app[REDIS].hset(webhook_key(tenant), mapping={"url": hook.url, "secret": hook.secret,
                                                         "updated_at": now})

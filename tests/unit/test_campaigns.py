@@ -298,7 +298,8 @@ def test_every_expansion_event_says_its_phase_and_old_events_are_read_from_their
 
 
 def test_the_api_document_lists_every_campaign_state_and_progress_field():
-    from herald_api.openapi import CAMPAIGN_STATES, PROGRESS_FIELDS
+    from herald.campaigns import CAMPAIGN_STATES, PROGRESS_FIELDS
+    from herald_api.schemas import CampaignProgress, Progress
     seen = set()
     for phase in (None, "waiting", "running", "done", "cancelled", "expired", "failed"):
         for done in (False, True):
@@ -306,5 +307,6 @@ def test_the_api_document_lists_every_campaign_state_and_progress_field():
                 state, progress = status(phase=phase, expansion_done=done, expanded=expanded,
                                          recipients=expanded, finals=finals)
                 seen.add(state)
-                assert list(progress) == PROGRESS_FIELDS
+                assert tuple(progress) == PROGRESS_FIELDS == tuple(Progress.model_fields)
     assert seen == set(CAMPAIGN_STATES)
+    assert set(CampaignProgress.model_json_schema()["properties"]["state"]["enum"]) == seen
