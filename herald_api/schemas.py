@@ -12,7 +12,7 @@ take it. Limits, patterns and enums come from the readers' constants. Rules a sc
 state stay with the readers alone (an id's printable characters, a template's ``{{fields}}``,
 ``send_at`` before ``expires_at``); descriptions say them.
 """
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, ClassVar, Literal, Mapping
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
@@ -78,18 +78,25 @@ class Answer(BaseModel):
     """An answer: Herald may add fields to it (the contract's rule), so others are allowed."""
 
 
-def _needs_one(model: BaseModel, names: tuple[str, ...], exactly: bool) -> None:
-    given = sum(getattr(model, name) is not None for name in names)
-    if given == 0 or (exactly and given > 1):
-        quoted = " or ".join(repr(n) for n in names)
-        raise ValueError(f"needs {'exactly ' if exactly else ''}one of {quoted}")
-
-
-def _needs_one_schema(names: dict[str, str], exactly: bool) -> dict:
-    """``oneOf``/``anyOf`` of "this field given, not null": ``names`` maps field → JSON type."""
-    return {"oneOf" if exactly else "anyOf": [
+def _needs_schema(schema: dict, cls: type["NeedsOne"]) -> None:
+    schema["oneOf" if cls.exactly else "anyOf"] = [
         {"required": [name], "properties": {name: {"type": kind}}}
-        for name, kind in names.items()]}
+        for name, kind in cls.needs.items()]
+
+
+class NeedsOne(Body):
+    """A body that needs one of some fields (``exactly``: only one), given and not null."""
+    model_config = ConfigDict(json_schema_extra=_needs_schema)
+    needs: ClassVar[dict[str, str]] = {}  # field → its JSON type
+    exactly: ClassVar[bool] = False
+
+    @model_validator(mode="after")
+    def _needs_one(self) -> "NeedsOne":
+        given = sum(getattr(self, name) is not None for name in self.needs)
+        if given == 0 or (self.exactly and given > 1):
+            names = " or ".join(repr(n) for n in self.needs)
+            raise ValueError(f"needs {'exactly ' if self.exactly else ''}one of {names}")
+        return self
 
 
 # ---------------------------------------------------------------- request bodies
@@ -107,10 +114,9 @@ class Contacts(Body):
                                                                        description=EMAIL_RULE)
 
 
-class Content(Body):
+class Content(NeedsOne):
     """What is sent: a body (and title), or a stored template and its variables."""
-    model_config = ConfigDict(json_schema_extra=_needs_one_schema(
-        {"body": "string", "template": "string"}, exactly=False))
+    needs = {"body": "string", "template": "string"}
     title: _text(MAX_TITLE_LENGTH) | None = Field(None, description="the title (push, email "
                                                                     "subject)")
     body: _text(MAX_BODY_LENGTH) | None = Field(None, description="the text; needed unless "
@@ -122,11 +128,6 @@ class Content(Body):
                           "for the user's locale")
     vars: dict[str, Any] | None = Field(None, description="the template's {{name}} values "
                                                           "(strings or numbers)")
-
-    @model_validator(mode="after")
-    def _body_or_template(self) -> "Content":
-        _needs_one(self, ("body", "template"), exactly=False)
-        return self
 
 
 class Notification(Body):
@@ -153,20 +154,14 @@ class Notification(Body):
     send_at: EpochMs | None = Field(None, description="not sent before this epoch ms")
 
 
-class Audience(Body):
+class Audience(NeedsOne):
     """Who gets a campaign: exactly one of 'segment' or 'user_ids'."""
-    model_config = ConfigDict(json_schema_extra=_needs_one_schema(
-        {"segment": "string", "user_ids": "array"}, exactly=True))
+    needs, exactly = {"segment": "string", "user_ids": "array"}, True
     segment: Name | None = Field(None, description="a stored segment's name "
                                                    "(PUT /v1/segments/{name})")
     user_ids: Annotated[list[Id], Field(min_length=1, json_schema_extra={"uniqueItems": True})] \
         | None = Field(None, description="the recipients, each once; '{campaign_id}:{user_id}' "
                                          f"must fit in {MAX_ID_LENGTH} characters")
-
-    @model_validator(mode="after")
-    def _segment_or_users(self) -> "Audience":
-        _needs_one(self, ("segment", "user_ids"), exactly=True)
-        return self
 
 
 class Campaign(Body):
@@ -213,20 +208,14 @@ class Segment(Body):
         description="the members, each once, in order (may be empty)")
 
 
-class TemplateVariant(Body):
+class TemplateVariant(NeedsOne):
     """One locale's text; a field it leaves out comes from its language, then the default."""
-    model_config = ConfigDict(json_schema_extra=_needs_one_schema(
-        {"title": "string", "body": "string"}, exactly=False))
+    needs = {"title": "string", "body": "string"}
     title: _text(MAX_TITLE_LENGTH) | None = Field(
         None, description="text with {{name}} fields; \\{{ writes a literal {{")
     body: _text(MAX_BODY_LENGTH) | None = Field(
         None, description="text with {{name}} fields; \\{{ writes a literal {{; the default "
                           "locale's variant needs one")
-
-    @model_validator(mode="after")
-    def _title_or_body(self) -> "TemplateVariant":
-        _needs_one(self, ("title", "body"), exactly=False)
-        return self
 
 
 class Template(Body):
@@ -250,6 +239,10 @@ class Webhook(Body):
     tenant_id: Tenant | None = Field(None, description="the API key's tenant, if given")
 
 
+# The providers' receipts are their formats, not Herald's: these two models describe them for
+# the document; the handlers check the provider's signature and read them with
+# herald.receipts, as loosely as a provider's changes need.
+
 class TwilioStatusCallback(BaseModel):
     """Twilio's status callback (form fields; others are allowed)."""
     model_config = ConfigDict(extra="allow")
@@ -264,12 +257,12 @@ class TwilioStatusCallback(BaseModel):
 
 
 class SendGridEvent(BaseModel):
-    """One event of SendGrid's Event Webhook (others fields are allowed)."""
+    """One event of SendGrid's Event Webhook (other fields are allowed)."""
     event: str = Field(None, description="delivered, bounce, dropped (final); others are "
                                          "left out")
     sg_message_id: str = Field(None, description="the message's id at SendGrid")
     email: str = Field(None, description="the recipient")
-    timestamp: int = Field(None, description="unix seconds")
+    timestamp: float = Field(None, description="unix seconds")
     reason: str = Field(None, description="why it bounced or was dropped")
     type: str = Field(None, description="bounce or blocked (a temporary refusal)")
     herald_id: str = Field(None, description="the notification id (a custom arg Herald sends)")
