@@ -6,14 +6,17 @@ latency 0 or 10 ms), is bounded in count and in time (a child process killed aft
 once), per-user order, and the added latency of each call (record's ``created_at`` → the
 mock's receive ``t_ms``).
 
-    .venv/bin/python bench/call_stage.py clients            # HTTP clients alone, no Flink
+    .venv/bin/python bench/call_stage.py clients            # HTTP clients alone, no Flink:
+        # udfs/http_client.py against aiohttp, httpx, curl-cffi and pycurl, alternating rounds,
+        # written to bench/results/http_clients.{md,json}
     .venv/bin/python bench/call_stage.py stages             # the call-stage designs
     .venv/bin/python bench/call_stage.py restore            # kill -9 after a checkpoint, restart
     .venv/bin/python bench/call_stage.py one --design sql --batch 5000 --latency-ms 10 --n 300000
     .venv/bin/python bench/call_stage.py all                # both, then the report
     .venv/bin/python bench/call_stage.py report             # rewrite the .md from the .json
-    BENCH_EXTRA_PATH=/tmp/herald-bench-extra ...            # uvloop / pycurl / curl-cffi from a
-        # `pip install --target` dir, kept out of the venv
+    BENCH_EXTRA_PATH=/tmp/herald-bench-extra ...            # uvloop / pycurl / curl-cffi /
+        # httpx from a `pip install --target` dir, kept out of the venv (with sniffio: without
+        # it httpcore retries the import on every request)
 
 Designs (all with udfs/http_client.py, calls of one user chained, at most --in-flight at once):
 
@@ -26,7 +29,8 @@ Designs (all with udfs/http_client.py, calls of one user chained, at most --in-f
 - ``gateway``: no Flink: a plain Kafka consumer loop (poll → send the batch → produce statuses
   → commit), the "provider gateway behind a Kafka topic", for reference.
 
-Writes bench/results/call_stage.json and bench/results/call_stage.md.
+Writes bench/results/call_stage.json and bench/results/call_stage.md (the clients: their own
+bench/results/http_clients.json and .md, so a clients run leaves the stage figures alone).
 """
 from __future__ import annotations
 
@@ -45,10 +49,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (RESULTS, ROOT, Mock, added_latencies, bench_env, exactness,  # noqa: E402
-                          fcm_requests, machine, per_user_order_ok, percentile, tree_cpu_seconds)
+                          fcm_requests, machine, per_user_order_ok, percentile, tree_cpu_seconds,
+                          write_markdown)
 
 JSON_PATH = RESULTS / "call_stage.json"
 MD_PATH = RESULTS / "call_stage.md"
+CLIENTS_JSON = RESULTS / "http_clients.json"
+CLIENTS_MD = RESULTS / "http_clients.md"
 BAR_CALLS_PER_S = 8000
 
 
@@ -67,38 +74,53 @@ async def _run_herald(reqs, keys, in_flight: int) -> list[int]:
     return [a.status if isinstance(a, Response) else -1 for a in answers]
 
 
+async def _workers(n: int, in_flight: int, one) -> list[int]:
+    """``in_flight`` workers taking indexes 0..n-1 in turn, each awaiting ``one(i)`` (a status):
+    how the libraries are normally driven (cheaper than a task per request), per-user chaining
+    left out (it only lowers their rate)."""
+    statuses = [0] * n
+    it = iter(range(n))
+
+    async def worker():
+        for i in it:
+            statuses[i] = await one(i)
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    return statuses
+
+
 async def _run_aiohttp(reqs, keys, in_flight: int) -> list[int]:
-    """aiohttp as it is normally used: one session, a bounded pool of workers (cheaper than a
-    task per request), per-user chaining left out (it only lowers aiohttp's rate)."""
+    """aiohttp as it is normally used: one session, a connector bounded to ``in_flight``."""
     import aiohttp
-    statuses = [0] * len(reqs)
-    it = iter(range(len(reqs)))
     connector = aiohttp.TCPConnector(limit=in_flight, limit_per_host=in_flight)
     async with aiohttp.ClientSession(connector=connector) as session:
-        async def worker():
-            for i in it:
-                r = reqs[i]
-                async with session.request(r.method, r.url, data=r.body,
-                                           headers=r.headers) as resp:
-                    await resp.read()
-                    statuses[i] = resp.status
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
-    return statuses
+        async def one(i: int) -> int:
+            r = reqs[i]
+            async with session.request(r.method, r.url, data=r.body, headers=r.headers) as resp:
+                await resp.read()
+                return resp.status
+        return await _workers(len(reqs), in_flight, one)
+
+
+async def _run_httpx(reqs, keys, in_flight: int) -> list[int]:
+    """httpx's AsyncClient (HTTP/1.1, h11), its pool bounded to ``in_flight``."""
+    import httpx
+    limits = httpx.Limits(max_connections=in_flight, max_keepalive_connections=in_flight)
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        async def one(i: int) -> int:
+            r = reqs[i]
+            resp = await client.request(r.method, r.url, content=r.body, headers=r.headers)
+            return resp.status_code
+        return await _workers(len(reqs), in_flight, one)
 
 
 async def _run_curl_cffi(reqs, keys, in_flight: int) -> list[int]:
     from curl_cffi.requests import AsyncSession
-    statuses = [0] * len(reqs)
-    it = iter(range(len(reqs)))
     async with AsyncSession(max_clients=in_flight) as session:
-        async def worker():
-            for i in it:
-                r = reqs[i]
-                resp = await session.request(r.method, r.url, data=r.body,
-                                             headers=dict(r.headers))
-                statuses[i] = resp.status_code
-        await asyncio.gather(*(worker() for _ in range(in_flight)))
-    return statuses
+        async def one(i: int) -> int:
+            r = reqs[i]
+            resp = await session.request(r.method, r.url, data=r.body, headers=dict(r.headers))
+            return resp.status_code
+        return await _workers(len(reqs), in_flight, one)
 
 
 def _run_pycurl(reqs, keys, in_flight: int) -> list[int]:
@@ -157,8 +179,8 @@ def _run_pycurl(reqs, keys, in_flight: int) -> list[int]:
     return statuses
 
 
-CLIENTS = {"herald": _run_herald, "aiohttp": _run_aiohttp, "curl-cffi": _run_curl_cffi,
-           "pycurl": _run_pycurl}
+CLIENTS = {"herald": _run_herald, "aiohttp": _run_aiohttp, "httpx": _run_httpx,
+           "curl-cffi": _run_curl_cffi, "pycurl": _run_pycurl}
 
 
 def client_child(args) -> None:
@@ -193,47 +215,138 @@ def available(module: str) -> bool:
     return probe.returncode == 0
 
 
-def run_clients(n: int, repeats: int, in_flight: int, timeout: float) -> list[dict]:
-    combos = [("herald", "asyncio"), ("herald", "uvloop"), ("aiohttp", "asyncio"),
-              ("aiohttp", "uvloop"), ("curl-cffi", "asyncio"), ("pycurl", "-")]
-    have = {m: available(m) for m in ("uvloop", "curl_cffi", "pycurl")}
-    out = []
+CLIENT_COMBOS = [("herald", "asyncio"), ("herald", "uvloop"), ("aiohttp", "asyncio"),
+                 ("aiohttp", "uvloop"), ("httpx", "asyncio"), ("curl-cffi", "asyncio"),
+                 ("pycurl", "-")]
+HERALD_CLIENT = "herald"
+CLIENTS_IN_FLIGHT = 256
+# Calls per run where the default would keep a shared core busy for minutes: httpx's pool
+# spends milliseconds of CPU per call at 256 in flight (encode/httpx#3215).
+CLIENT_CALLS = {"httpx": 1000}
+
+
+def client_run(client: str, loop: str, latency: int, n: int, in_flight: int,
+               timeout: float) -> dict:
+    """One client against a fresh FCM mock: the child's JSON line plus the mock's CPU and the
+    1-minute load before and after."""
+    load0 = os.getloadavg()[0]
+    with Mock("fcm", latency) as mock:
+        cpu0 = mock.cpu()
+        try:
+            proc = subprocess.run(
+                [sys.executable, __file__, "client-child", "--client", client, "--loop", loop,
+                 "--port", str(mock.port), "--n", str(n), "--in-flight", str(in_flight)],
+                capture_output=True, text=True, env=bench_env(), cwd=ROOT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout} s"}
+        if proc.returncode:
+            return {"error": proc.stderr.strip().splitlines()[-1:]}
+        run = json.loads(proc.stdout.strip().splitlines()[-1])
+        run["mock_cpu_s"] = round(mock.cpu() - cpu0, 3)
+    run.update(load_1m_before=round(load0, 2), load_1m_after=round(os.getloadavg()[0], 2))
+    return run
+
+
+def run_clients(n: int, rounds: int, in_flight: int, timeout: float) -> list[dict]:
+    """Every client at 0 and 10 ms mock latency, ``rounds`` times, alternating: each round
+    runs every client once, the order reversed every other round (ABBA), so a change in the
+    machine's load lands on all of them alike."""
+    have = {m: available(m) for m in ("uvloop", "curl_cffi", "pycurl", "httpx")}
+    rows = {}
     for latency in (0, 10):
-        for client, loop in combos:
+        for client, loop in CLIENT_COMBOS:
             needs = {"uvloop": loop == "uvloop", "curl_cffi": client == "curl-cffi",
-                     "pycurl": client == "pycurl"}
-            missing = [m for m, need in needs.items() if need and not have[m]]
+                     "pycurl": client == "pycurl", "httpx": client == "httpx"}
             row = {"client": client, "loop": loop, "latency_ms": latency, "runs": []}
+            missing = [m for m, need in needs.items() if need and not have[m]]
             if missing:
                 row["skipped"] = f"not installed: {', '.join(missing)}"
-                out.append(row)
+            rows[client, loop, latency] = row
+    for i in range(rounds):
+        order = list(rows.values()) if i % 2 == 0 else list(rows.values())[::-1]
+        for row in order:
+            if "skipped" in row:
                 continue
-            for _ in range(repeats):
-                with Mock("fcm", latency) as mock:
-                    cpu0 = mock.cpu()
-                    try:
-                        proc = subprocess.run(
-                            [sys.executable, __file__, "client-child", "--client", client,
-                             "--loop", loop, "--port", str(mock.port), "--n", str(n),
-                             "--in-flight", str(in_flight)],
-                            capture_output=True, text=True, env=bench_env(), cwd=ROOT,
-                            timeout=timeout)
-                    except subprocess.TimeoutExpired:
-                        row["runs"].append({"error": f"timed out after {timeout} s"})
-                        continue
-                    if proc.returncode:
-                        row["runs"].append({"error": proc.stderr.strip().splitlines()[-1:]})
-                        continue
-                    run = json.loads(proc.stdout.strip().splitlines()[-1])
-                    run["mock_cpu_s"] = round(mock.cpu() - cpu0, 3)
-                    row["runs"].append(run)
-                print(json.dumps({k: row[k] for k in ("client", "loop", "latency_ms")}
-                                 | row["runs"][-1]), flush=True)
-            good = [r for r in row["runs"] if "error" not in r]
-            if good:
-                row["best"] = max(good, key=lambda r: r["calls_per_cpu_s"])
-            out.append(row)
+            calls = min(n, CLIENT_CALLS.get(row["client"], n))
+            run = client_run(row["client"], row["loop"], row["latency_ms"], calls, in_flight,
+                             timeout) | {"round": i + 1}
+            row["runs"].append(run)
+            print(json.dumps({k: row[k] for k in ("client", "loop", "latency_ms")} | run),
+                  flush=True)
+    return list(rows.values())
+
+
+def client_ratios(rows: list[dict]) -> list[dict]:
+    """Herald's client over each library, same mock latency and loop (pycurl, which has no
+    asyncio loop, against Herald's on asyncio): calls per client CPU-second and calls/s wall,
+    per round and over all rounds (total calls / total CPU or wall seconds)."""
+    by = {(r["client"], r["loop"], r["latency_ms"]): r for r in rows}
+
+    def totals(runs):
+        ok = sum(r["ok"] for r in runs)
+        return ok / sum(r["client_cpu_s"] for r in runs), ok / sum(r["elapsed_s"] for r in runs)
+    out = []
+    for (client, loop, latency), row in by.items():
+        if client == HERALD_CLIENT or "skipped" in row:
+            continue
+        herald = by.get((HERALD_CLIENT, loop if loop != "-" else "asyncio", latency))
+        if herald is None or "skipped" in herald:
+            continue
+        mine = {r["round"]: r for r in herald["runs"] if "error" not in r}
+        theirs = {r["round"]: r for r in row["runs"] if "error" not in r}
+        both = sorted(set(mine) & set(theirs))
+        if not both:
+            continue
+        (h_cpu, h_wall), (l_cpu, l_wall) = (totals([mine[i] for i in both]),
+                                            totals([theirs[i] for i in both]))
+        out.append({"library": client, "loop": loop, "herald_loop": herald["loop"],
+                    "latency_ms": latency,
+                    "per_cpu_s": round(h_cpu / l_cpu, 2), "wall": round(h_wall / l_wall, 2),
+                    "per_cpu_s_by_round": [round(mine[i]["calls_per_cpu_s"]
+                                                 / theirs[i]["calls_per_cpu_s"], 2)
+                                           for i in both]})
     return out
+
+
+def write_clients_report(rows: list[dict], meta: dict, n: int, in_flight: int) -> None:
+    ratios = client_ratios(rows)
+    CLIENTS_JSON.write_text(json.dumps({"meta": meta, "n": n, "in_flight": in_flight,
+                                        "clients": rows, "herald_over": ratios}, indent=2)
+                            + "\n")
+    L = ["# The HTTP/1.1 clients alone (no Flink)", "",
+         f"{meta['when']}, Python {meta['python']}, {meta['cpus']} cores shared with other "
+         f"work (1-minute load {meta['loadavg_1m_at_start']} at the start, "
+         f"{meta['loadavg_1m_at_end']} at the end; per run in the JSON). FCM calls built by "
+         f"the real adapter (`calls` per run), from one process, {in_flight} in flight, "
+         "keep-alive, against the FCM mock in its own process on loopback (a fresh mock per "
+         "run, 2,000 calls of warm-up first). herald = udfs/http_client.py (the client the "
+         "delivery job uses; it also chains each user's calls, which the libraries here are "
+         "spared). The libraries come from the venv (aiohttp) or BENCH_EXTRA_PATH (uvloop, "
+         "httpx, curl-cffi, pycurl). Each client ran once per round; rounds alternate the "
+         "order. Command: `BENCH_EXTRA_PATH=… .venv/bin/python bench/call_stage.py clients`.",
+         "",
+         "| client | loop | mock latency | calls | calls per client CPU-second (by round) | "
+         "calls/s wall (by round) |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        if "skipped" in row:
+            L.append(f"| {row['client']} | {row['loop']} | {row['latency_ms']} ms | | "
+                     f"skipped: {row['skipped']} | |")
+            continue
+        calls = min(n, CLIENT_CALLS.get(row["client"], n))
+        cells = [", ".join(str(r.get(k, "failed")) for r in row["runs"])
+                 for k in ("calls_per_cpu_s", "calls_per_s")]
+        L.append(f"| {row['client']} | {row['loop']} | {row['latency_ms']} ms | {calls} | "
+                 f"{cells[0]} | {cells[1]} |")
+    if ratios:
+        L += ["", "Herald's client over each library, same loop and mock latency (pycurl "
+              "against herald on asyncio); totals over the rounds, per round in brackets:", "",
+              "| library | loop | mock latency | × calls per client CPU-second | "
+              "× calls/s wall |", "|---|---|---|---|---|"]
+        for r in ratios:
+            by_round = ", ".join(f"×{x}" for x in r["per_cpu_s_by_round"])
+            L.append(f"| {r['library']} | {r['loop']} | {r['latency_ms']} ms | "
+                     f"×{r['per_cpu_s']} ({by_round}) | ×{r['wall']} |")
+    write_markdown(CLIENTS_MD, "\n".join(L) + "\n")  # keeps the hand-written Reading
 
 
 # ================================================================ part 2: the call stages
@@ -920,24 +1033,10 @@ def write_report() -> None:
         for r in sorted(par, key=lambda r: r["parallelism"]):
             L.append(f"| {r['parallelism']} | {r.get('calls_per_s')} calls/s | "
                      f"{r.get('steady_calls_per_s')} | {r.get('p50_ms')} / {r.get('p99_ms')} |")
-    clients = doc.get("clients") or []
-    if clients:
-        L += ["", "## The HTTP clients alone (no Flink)", "",
-              "30k FCM calls from one process, 256 in flight, keep-alive, the mock in its own "
-              "process; per core = calls / the client process's CPU seconds (better of two "
-              "runs, the other in brackets). herald = udfs/http_client.py.", "",
-              "| client | loop | mock latency | calls per client CPU-second | calls/s wall |",
-              "|---|---|---|---|---|"]
-        for row in clients:
-            if "skipped" in row:
-                L.append(f"| {row['client']} | {row['loop']} | {row['latency_ms']} ms | "
-                         f"skipped: {row['skipped']} | |")
-                continue
-            b = row.get("best") or {}
-            other = [r.get("calls_per_cpu_s") for r in row["runs"] if r != b]
-            L.append(f"| {row['client']} | {row['loop']} | {row['latency_ms']} ms | "
-                     f"{b.get('calls_per_cpu_s')} ({', '.join(map(str, other))}) | "
-                     f"{b.get('calls_per_s')} |")
+    L += ["", "## The HTTP clients alone (no Flink)", "",
+          "In `bench/results/http_clients.md` (`python bench/call_stage.py clients`): "
+          "udfs/http_client.py against aiohttp, httpx, curl-cffi and pycurl, measured the same "
+          "day."]
     L += ["", "## Reading", ""] + doc.get("reading", ["(written after the runs)"])
     MD_PATH.write_text("\n".join(L) + "\n")
 
@@ -984,14 +1083,16 @@ def main(argv: list[str] | None = None) -> None:
                                    args.batch_ms, args.rate, args.bundle_size,
                                    args.parallelism), indent=1))
     elif args.what in ("clients", "all"):
-        rows = run_clients(30000, args.repeats, 256, args.timeout)
-        save({"clients": rows})
+        meta = machine()
+        rows = run_clients(args.n, args.repeats, CLIENTS_IN_FLIGHT, args.timeout)
+        meta["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
+        write_clients_report(rows, meta, args.n, CLIENTS_IN_FLIGHT)
     if args.what in ("restore", "all"):
         run_restores(args.repeats, args.in_flight, args.users, args.timeout)
     if args.what in ("stages", "all"):
         run_stages(args.repeats, args.in_flight, args.users, args.timeout, args.quick,
                    args.only, args.append)
-    if args.what in ("stages", "all", "report", "clients", "restore"):
+    if args.what in ("stages", "all", "report", "restore"):
         write_report()
 
 
