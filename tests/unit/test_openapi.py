@@ -171,3 +171,23 @@ def test_a_body_the_model_takes_is_read_by_the_reader_which_decides_last():
         == "n-1"
     error = answer(notification(id="nul\x00id"))  # printable: a rule only the reader states
     assert (error.code, error.field) == ("invalid", "id")
+
+
+@pytest.mark.parametrize("model, body, field, code", [
+    (schemas.User, {"contacts": {"phone": 15550100}}, "contacts.phone", "invalid"),
+    (schemas.Segment, {"user_ids": ["a", 2]}, "user_ids", "invalid"),  # the list, not its item
+    (schemas.Template, {"default_locale": "en", "locales": {"klingon!": {"body": "x"}}},
+     "locales.klingon!", "invalid"),  # a dict key: the key is the field
+    (schemas.Campaign, {"campaign_id": "c", "tenant_id": "acme", "audience": {},
+                        "channels": ["push"], "content": {"body": "b"},
+                        "created_at": 1_796_000_000_000, "expires_at": 1_796_000_060_000},
+     "audience", "invalid"),  # a rule of the whole object names the object
+    (schemas.User, {"quiet_hours": {"start": "22:00", "end": "07:00"}}, "quiet_hours.tz",
+     "missing_field"),
+    (schemas.Webhook, {"url": "https://example.com/h"}, "secret", "missing_field"),
+])
+def test_a_models_refusal_names_the_field_as_a_dotted_path(model, body, field, code):
+    with pytest.raises(ValidationError) as refused:
+        schemas.check(model, body)
+    assert (refused.value.field, refused.value.code) == (field, code)
+    assert field in refused.value.message
