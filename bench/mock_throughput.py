@@ -17,7 +17,8 @@ and, when installed, httpx[http2]); that measurement is what herald/providers/ap
     .venv/bin/python bench/mock_throughput.py --providers fcm --no-apns --duration 8
     .venv/bin/python bench/mock_throughput.py --library-rounds 3   # more aiohttp.web rounds
     BENCH_EXTRA_PATH=/tmp/httpx .venv/bin/python bench/mock_throughput.py   # httpx from a
-        # `pip install --target /tmp/httpx 'httpx[http2]'` dir, kept out of the venv
+        # `pip install --target /tmp/httpx 'httpx[http2]' sniffio` dir, kept out of the venv
+        # (without sniffio httpcore retries that import on every request)
 
 Writes bench/results/mock_throughput.md and .json.
 """
