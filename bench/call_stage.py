@@ -323,7 +323,8 @@ def write_clients_report(rows: list[dict], meta: dict, n: int, in_flight: int) -
          "delivery job uses; it also chains each user's calls, which the libraries here are "
          "spared). The libraries come from the venv (aiohttp) or BENCH_EXTRA_PATH (uvloop, "
          "httpx, curl-cffi, pycurl). Each client ran once per round; rounds alternate the "
-         "order. Command: `BENCH_EXTRA_PATH=… .venv/bin/python bench/call_stage.py clients`.",
+         "order. Command: `BENCH_EXTRA_PATH=… .venv/bin/python bench/call_stage.py clients "
+         f"--n {n} --repeats {max((len(r['runs']) for r in rows), default=0)}`.",
          "",
          "| client | loop | mock latency | calls | calls per client CPU-second (by round) | "
          "calls/s wall (by round) |", "|---|---|---|---|---|---|"]
