@@ -25,3 +25,8 @@ class ValidationError(HeraldError):
 class LanesChanged(HeraldError):
     """A job restored with another ``gate_lanes`` than its state was written with: users would
     move to lanes without their dedup, order and holds, so the job stops instead."""
+
+
+class TooFewLanes(HeraldError):
+    """A job started at a parallelism above its ``gate_lanes`` (or lanes above the max
+    parallelism): a lane is worked by one gate subtask, so the extra subtasks would idle."""

@@ -97,6 +97,8 @@ class Settings:
     # gate subtask works one batch at a time, each costing a provider round trip: the window
     # must stay longer than that or the batches queue (10 ms against a 10 ms mock: seconds of
     # critical latency at 300/s; 40 ms: p50/p99 37/115 ms, bench/results/isolation.md).
+    # With more lanes than subtasks each lane's window is this × the lanes per subtask, so a
+    # subtask still makes about one batch per this window (gate_lanes below).
     # Priority at the quota holds at any window: a critical caller waiting for tokens comes
     # back before promotional takes could start (herald/ratelimit.py).
     critical_batch_window_ms: int = 40
@@ -149,15 +151,18 @@ class Settings:
     flink_parallelism: int = 1
     # Key groups: fixed, so a savepoint restores at any parallelism up to it.
     flink_max_parallelism: int = 128
-    # Lanes per class: the window collects `partition mod lanes` (one batch per non-empty lane),
-    # and each lane is worked by one gate subtask (operators/lanes.py), so the job's parallelism
+    # Lanes per class: the window collects `partition mod lanes`, a batch per non-empty lane,
+    # and a lane is worked by one gate subtask (operators/lanes.py), so the job's parallelism
     # must be at most the lanes (it fails at start otherwise) and should divide them. Like the
-    # max parallelism, it leaves room to grow: 8 runs at parallelism 1, 2, 4 or 8, at the cost
-    # of min(lanes, partitions) batches per window at parallelism 1 (docs/decisions/021-gate-lanes.md).
-    # A lane's users keep their state under the lane's key, so it changes only with a fresh
-    # start; 0 = the job's parallelism (the default before 021: restore such a savepoint with
+    # max parallelism it leaves room to grow: 2 lanes run at parallelism 1 or 2. Each lane a
+    # subtask works is a batch per window, and each batch a provider round trip: at 4 batches
+    # per 40 ms window and a 10 ms provider a subtask fell behind (p50 2.2 s at 300/s), so the
+    # window grows with the lanes per subtask (80 ms for 2 lanes at parallelism 1;
+    # docs/decisions/021-gate-lanes.md). Run at least lanes / 2 subtasks.
+    # A lane's users keep their state under the lane's key: it changes only with a fresh start.
+    # 0 = the job's parallelism, the default before 021 (restore such a savepoint with
     # HERALD_GATE_LANES set to the parallelism it was taken at, docs/OPERATIONS.md).
-    gate_lanes: int = 8
+    gate_lanes: int = 2
     # Lanes spread over the subtasks (lane mod P decides the subtask). False: in order, as
     # before 021, only to restore a savepoint written then with 4, 6, 8... lanes.
     gate_lanes_spread: bool = True

@@ -56,7 +56,7 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
     from operators.control import KINDS as CONTROL_KINDS
     from operators.control import ApplyControlFunction
     from operators.gate import GateFunction
-    from operators.lanes import lane_keys
+    from operators.lanes import job_lanes, lane_keys
     from operators.retries import RetryWaitFunction
     from operators.rows import (DLQ_TAG, KEYED_PAYLOAD, RELEASED, RETRY_TAG, STATUS_TAG,
                                 side_output)
@@ -70,8 +70,11 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
         "retry_promo_in": (settings.topic_retry_promo, "retry-promo")})
     register_tables(t_env, "kafka_tables.sql", settings)
     wanted = job_classes(settings)
-    lanes = settings.gate_lanes or env.get_parallelism()
-    keys = lane_keys(lanes, settings.flink_max_parallelism)  # lane → its own subtask's key
+    # Fails here, before anything runs, at a parallelism above the lanes.
+    lanes = job_lanes(settings.gate_lanes, env.get_parallelism())
+    # lane → its key: one subtask per lane at parallelism = lanes, spread evenly at its divisors
+    keys = lane_keys(lanes, settings.flink_max_parallelism, settings.gate_lanes_spread)
+    lanes_per_subtask = -(-lanes // env.get_parallelism())
     statements = t_env.create_statement_set()
     classes = [c for c in (
         ("critical_in", "retry_critical", settings.topic_retry_critical, states.CRITICAL,
@@ -90,7 +93,10 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
             f"status_out_{priority}": settings.topic_status,
             f"dlq_out_{priority}": settings.topic_dlq,
             f"{retry}_out": retry_topic})
-        window_s = f"{window_ms / 1000:.3f}"
+        # A subtask works its lanes' batches one after another, each with a provider round
+        # trip: with more lanes than subtasks the window grows with them, so that a subtask
+        # still makes about one batch per window_ms (decision 021).
+        window_s = f"{window_ms * lanes_per_subtask / 1000:.3f}"
         batches = t_env.sql_query(sql_statements("batches.sql", settings, table=table,
                                                  window_s=window_s, lanes=str(lanes))[0])
         # The gate sends what it releases itself (operators/gate.py says why).

@@ -311,7 +311,8 @@ class GateFunction(KeyedProcessFunction):
 
     def _check_layout(self, key, lane: int | None) -> None:
         """Stop the job when its lanes differ from those its state was written with (a restore
-        at another parallelism with the default gate_lanes): once per lane key and instance.
+        with another gate_lanes, or the same lanes placed otherwise): once per lane key and
+        instance.
         ``lane`` None (a timer): only the number of lanes is compared."""
         if self.lanes is None or key in self.checked:
             return
@@ -322,6 +323,12 @@ class GateFunction(KeyedProcessFunction):
             self.layout.update(f"{self.lanes}:{lane}")
         else:
             lanes_then, _, lane_then = written.partition(":")
+            if int(lanes_then) == self.lanes and lane is not None and int(lane_then) != lane:
+                raise LanesChanged(  # the same lanes on other keys: the other placement
+                    f"the {self.priority} gate's state under lane key {key} was written for lane "
+                    f"{lane_then} of {lanes_then}, and this job puts lane {lane} there: the "
+                    f"savepoint's lanes were placed otherwise. Restore with HERALD_GATE_LANES_SPREAD"
+                    f"={'false' if self.settings.gate_lanes_spread else 'true'} (docs/OPERATIONS.md)")
             if int(lanes_then) != self.lanes or (lane is not None and int(lane_then) != lane):
                 raise LanesChanged(
                     f"the {self.priority} gate's state under lane key {key} was written with "

@@ -13,8 +13,17 @@ index may share a subtask (keys 0–3 at parallelism 4 fall on subtasks 1, 1, 3,
 keyed instead by the smallest integer whose key group falls in its own subtask's range, computed
 here the way Flink does it for a PyFlink `Types.INT()` key (a one-field `Row`). Plain Python:
 no Flink needed to test it (tests/unit/test_lanes.py checks it against values from Flink).
+
+There are more lanes than subtasks when a job leaves room to grow (`gate_lanes`, 2 by default:
+docs/decisions/021-gate-lanes.md). The lanes are then spread: at a parallelism P dividing the
+lanes, a lane's subtask depends on `lane mod P` only (lanes 0, 2, 4, 6 on one subtask of two),
+so a partition's subtask is `partition mod P` as if lanes were P, and 4 partitions under 8 lanes
+still fill 2 or 4 subtasks. In order (lanes 0–3 on the first subtask of two) they would all be on
+one subtask. Spread and in order are the same for 1, 2 or any prime number of lanes.
 """
 from __future__ import annotations
+
+from herald.errors import TooFewLanes
 
 MASK = 0xFFFFFFFF
 
@@ -59,20 +68,57 @@ def subtask_of(key: int, max_parallelism: int, parallelism: int) -> int:
     return key_group(key, max_parallelism) * parallelism // max_parallelism
 
 
-def lane_keys(lanes: int, max_parallelism: int) -> list[int]:
-    """For each lane, the smallest non-negative key that lands on subtask `lane` when the
-    operator runs with `lanes` subtasks: one lane per subtask, none sharing."""
+def spread_order(lanes: int) -> list[int]:
+    """Each lane's place among `lanes` subtasks: `lane` written in the mixed radix of the lanes'
+    prime factors (smallest first, least significant first), digits reversed. At a parallelism
+    P that is a product of the smallest factors (any divisor, for a power of two) the place's
+    subtask, `place * P // lanes`, is a function of `lane mod P` alone, one to one."""
+    factors, rest, f = [], lanes, 2
+    while rest > 1:
+        while rest % f == 0:
+            factors.append(f)
+            rest //= f
+        f += 1
+    places = []
+    for lane in range(lanes):
+        place, scale = 0, lanes
+        for radix in factors:
+            scale //= radix
+            place += (lane % radix) * scale
+            lane //= radix
+        places.append(place)
+    return places
+
+
+def lane_keys(lanes: int, max_parallelism: int, spread: bool = True) -> list[int]:
+    """For each lane, the smallest non-negative key that lands on subtask `spread_order(lanes)
+    [lane]` (`lane` when not ``spread``, Herald's placement before decision 021) when the operator
+    runs with `lanes` subtasks: one lane per subtask, none sharing."""
     if not 1 <= lanes <= max_parallelism:
         raise ValueError(f"lanes must be within 1..{max_parallelism}, not {lanes}")
-    keys: list[int | None] = [None] * lanes
+    places = spread_order(lanes) if spread else list(range(lanes))
+    by_place: list[int | None] = [None] * lanes
     candidate, left = 0, lanes
     while left:
-        lane = subtask_of(candidate, max_parallelism, lanes)
-        if keys[lane] is None:
-            keys[lane] = candidate
+        place = subtask_of(candidate, max_parallelism, lanes)
+        if by_place[place] is None:
+            by_place[place] = candidate
             left -= 1
         candidate += 1
-    return keys  # type: ignore[return-value]
+    return [by_place[place] for place in places]  # type: ignore[misc]
+
+
+def job_lanes(gate_lanes: int, parallelism: int) -> int:
+    """The job's lanes (`gate_lanes`, 0: its parallelism), refused when the parallelism exceeds
+    them: the subtasks beyond the lanes would idle, and lanes change only with a fresh start."""
+    lanes = gate_lanes or parallelism
+    if parallelism > lanes:
+        raise TooFewLanes(
+            f"parallelism {parallelism} is above gate_lanes={lanes}: a gate subtask per lane at"
+            f" most. Run at a parallelism of at most {lanes} (ideally dividing it), or start"
+            f" afresh (no savepoint) with HERALD_GATE_LANES at least {parallelism}"
+            f" (docs/OPERATIONS.md, rescaling)")
+    return lanes
 
 
 def log_order(record: dict) -> tuple[int, int]:

@@ -4,6 +4,7 @@ order and holds, and a replay would be sent again."""
 import pytest
 
 from herald.errors import LanesChanged
+from herald.settings import Settings
 from operators.gate import GateFunction
 
 
@@ -20,9 +21,10 @@ class _Value:
         self.store[self.key_of()] = v
 
 
-def _gate(lanes: int, store: dict, current: list) -> GateFunction:
+def _gate(lanes: int, store: dict, current: list, spread: bool = True) -> GateFunction:
     fn = GateFunction.__new__(GateFunction)
     fn.priority, fn.lanes, fn.checked = "critical", lanes, set()
+    fn.settings = Settings(gate_lanes_spread=spread)
     fn.layout = _Value(store, lambda: current[0])
     check = fn._check_layout
 
@@ -43,6 +45,15 @@ def test_the_same_lanes_restore_and_other_lanes_stop_the_job():
     two._check_layout(2, 1)                      # a new lane key: nothing written before
     with pytest.raises(LanesChanged, match="HERALD_GATE_LANES=1"):
         two._check_layout(0, 0)                  # lane key 0 holds every user of 1 lane
+
+
+def test_the_same_lanes_placed_otherwise_stop_the_job_naming_the_placement():
+    store, current = {7: "4:2"}, [0]             # lane 2 of 4, in order (before decision 021)
+    with pytest.raises(LanesChanged, match="HERALD_GATE_LANES_SPREAD=false"):
+        _gate(4, store, current)._check_layout(7, 1)  # spread, lane 1 has that key
+    store = {7: "4:1"}
+    with pytest.raises(LanesChanged, match="HERALD_GATE_LANES_SPREAD=true"):
+        _gate(4, store, current, spread=False)._check_layout(7, 2)
 
 
 def test_a_timer_compares_the_number_of_lanes_only_and_never_writes():
