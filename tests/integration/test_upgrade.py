@@ -3,33 +3,14 @@ mid-stream, submit a new version (a changed setting) from it, and check at the p
 every notification arrived exactly once and that the keyed state came across."""
 from __future__ import annotations
 
-import time
 from collections import Counter
 
 import requests
 
 from herald.settings import settings_env
+from tests.integration.jobs import restored_from, wait_for
 from tests.integration.kafka_io import produce, read_until
 from tests.integration.records import note
-
-
-def wait_for(condition, what: str, timeout_s: float = 180.0, every_s: float = 0.1):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(every_s)
-
-
-def restored_from(rest: str, job_id: str) -> str | None:
-    """The savepoint or checkpoint path the job restored from, once it has (REST API)."""
-    answer = requests.get(f"{rest}/jobs/{job_id}/checkpoints", timeout=5)
-    if answer.status_code != 200:
-        return None
-    restored = (answer.json().get("latest") or {}).get("restored") or {}
-    return restored.get("external_path")
 
 
 def test_stop_with_savepoint_and_redeploy_loses_nothing_and_repeats_nothing(
