@@ -10,7 +10,9 @@ Every run checks at the mock that each id was accepted exactly once. The backlog
 null-provider run also give the job's CPU by part once their first quarter is through.
 
     python bench/delivery_throughput.py [--n 200000] [--latencies 0,10] [--rate 2000]
-Writes bench/results/delivery_throughput.{json,md}.
+Writes bench/results/delivery_throughput.{json,md}. ``--lanes 1,8`` runs each measurement once
+per `gate_lanes` value, in turn, and writes bench/results/delivery_throughput_lanes.{json,md}
+(what more lanes than subtasks cost: docs/decisions/021-gate-lanes.md).
 """
 from __future__ import annotations
 
@@ -29,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 import orjson  # noqa: E402
 
 from bench.loadgen import make_producer  # noqa: E402
-from bench.common import (BENCH_DEDUP_TTL_MS, Mock, exactness, machine,  # noqa: E402
-                          cpu_between, per_user_order_ok, percentile,
+from bench.common import (BENCH_DEDUP_TTL_MS, Mock, drop_topics, exactness,  # noqa: E402
+                          machine, cpu_between, per_user_order_ok, percentile,
                           stack_cpu_seconds, start_system, stop_system,
                           tree_cpu_by_component, tree_cpu_seconds, write_markdown)
 from herald.settings import load_settings  # noqa: E402
@@ -115,6 +117,7 @@ def one_run(base, latency_ms: int, n: int, users: int, rate: float | None, timeo
         finally:
             stop_system(job)
             producer.join()
+            drop_topics(settings.kafka_bootstrap, f"b{run}.")  # thousands left filled Kafka's fds
         records = mock.records()
     accepted = [r for r in records if r.get("result") == "accepted"]
     times = sorted(r["t_ms"] for r in accepted)
@@ -125,7 +128,7 @@ def one_run(base, latency_ms: int, n: int, users: int, rate: float | None, timeo
     warm = [latency for i, latency in indexed if i >= warm_n]
     steady = (len(times) - 1) / ((times[-1] - times[0]) / 1000) if len(times) > 1 else 0
     return {"mode": "paced" if rate else "backlog", "rate": rate, "latency_ms": latency_ms,
-            "load_1m": round(os.getloadavg()[0], 2),
+            **lanes_of(settings), "load_1m": round(os.getloadavg()[0], 2),
             "n": total, "users": users, "accepted": len(accepted),
             "calls_per_s_total": round(len(accepted) / elapsed),
             "calls_per_s_steady": round(steady), "elapsed_s": round(elapsed, 1),
@@ -138,6 +141,23 @@ def one_run(base, latency_ms: int, n: int, users: int, rate: float | None, timeo
             "per_user_order": per_user_order_ok(records),
             **(steady_part(at_quarter, at_end, len(accepted)) if at_quarter else {}),
             **exactness(records, total)}
+
+
+def lanes_of(settings) -> dict:
+    """The run's gate lanes, input partitions and critical window: at parallelism 1 a window
+    makes one batch per non-empty lane, min(lanes, partitions) of them, and the window grows
+    with the lanes a subtask works (jobs/delivery.py)."""
+    lanes = settings.gate_lanes or settings.flink_parallelism
+    return {"gate_lanes": settings.gate_lanes, "partitions": settings.kafka_partitions,
+            "critical_window_ms": settings.critical_batch_window_ms
+            * -(-lanes // settings.flink_parallelism)}
+
+
+def label(r: dict) -> str:
+    """A run's name in the tables; its lanes when the runs compare lanes."""
+    name = "null provider" if r["mode"].startswith("null") else f"{r['latency_ms']} ms mock"
+    return name + (f", {r['gate_lanes']} lanes, {r['critical_window_ms']} ms window"
+                   if r.get("compare_lanes") else "")
 
 
 def steady_part(at_quarter: tuple[int, dict], at_end: dict, done: int) -> dict:
@@ -195,11 +215,12 @@ def null_run(base, n: int, users: int, timeout_s: float) -> dict:
     finally:
         stop_system(job)
         consumer.close()
+        drop_topics(settings.kafka_bootstrap, f"b{run}.")
     job_cpu = sum(cpu_between(at_first or {}, at_end).values())
     span_s = (max(times) - min(times)) / 1000 if len(times) > 1 else 0
     steady = round((len(times) - 1) / span_s) if span_s else 0
     return {"mode": "null provider, backlog", "rate": None, "latency_ms": None,
-            "load_1m": round(os.getloadavg()[0], 2), "n": n, "users": users,
+            **lanes_of(settings), "load_1m": round(os.getloadavg()[0], 2), "n": n, "users": users,
             "accepted": len(delivered), "calls_per_s_total": None,
             "calls_per_s_steady": steady, "elapsed_s": round(time.monotonic() - started, 1),
             "job_cpu_s": round(job_cpu, 1), "mock_cpu_s": 0.0,
@@ -216,8 +237,7 @@ def component_table(results: list[dict]) -> list[str]:
     runs = [r for r in results if r.get("steady_cpu_by_component")]
     if not runs:
         return []
-    labels = [("null provider" if r["mode"].startswith("null")
-               else f"{r['latency_ms']} ms mock") for r in runs]
+    labels = [label(r) for r in runs]
     parts = list(dict.fromkeys(c for r in runs for c in r["steady_cpu_by_component"]))
     per = [max(r["accepted"] - r["steady_from"], 1) for r in runs]
     lines = ["", "The job's CPU by part (its threads, by name) after each run's first quarter,"
@@ -278,14 +298,17 @@ def against_targets(results: list[dict]) -> list[str]:
     return lines if len(lines) > 3 else []
 
 
-def write(results: list[dict], measured: dict | None = None) -> None:
-    """The JSON and Markdown results; ``measured``: when and on what (a re-render keeps the
-    JSON's)."""
+def write(results: list[dict], measured: dict | None = None,
+          name: str = "delivery_throughput") -> None:
+    """The JSON and Markdown results under ``name``; ``measured``: when and on what (a
+    re-render keeps the JSON's)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {**(measured or {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                            "machine": machine()}), "runs": results}
-    (RESULTS / "delivery_throughput.json").write_text(json.dumps(doc, indent=2))
-    lines = ["# End-to-end delivery throughput and latency", "",
+    (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2))
+    lanes = any(r.get("compare_lanes") for r in results)
+    lines = ["# End-to-end delivery throughput and latency"
+             + (": gate lanes against one subtask" if lanes else ""), "",
              f"Measured {doc['measured_at']}: Kafka, Redis, the FCM mock, the producer and the"
              " delivery job (MiniCluster, parallelism 1, thread mode, checkpoints every 5 s)"
              " on the same 2 cores. CPU seconds are counted from the first measured call (the"
@@ -296,16 +319,22 @@ def write(results: list[dict], measured: dict | None = None) -> None:
              " status events to Kafka. `python bench/delivery_throughput.py` reproduces it."
              " `load 1m` is the load average after the run: above 2, something else competed"
              " for the 2 cores and the figure is low.", "",
+             *([f"Runs by `gate_lanes` (`--lanes`), one after another in one session: at"
+                f" parallelism 1 a window makes one batch per non-empty lane, i.e."
+                f" min(lanes, partitions) batches; the input topics have"
+                f" {results[0]['partitions']} partitions.", ""] if lanes else []),
              "| mode | mock latency | calls/s steady | calls/s from first produce | p50 / p95 / p99 added ms"
              " | job CPU s (calls per job CPU-s) | mock / Kafka / Redis CPU s | exact, order | load 1m |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r["mode"].startswith("null"):
-            lines.append(f"| null provider, backlog {r['n']} | – | {r['calls_per_s_steady']} calls/s"
+            lines.append(f"| {label(r)}, backlog {r['n']} | – | {r['calls_per_s_steady']} calls/s"
                          f" | – | – | {r['job_cpu_s']} ({r['per_job_cpu_second']}) | – |"
                          f" {'yes' if r['exact'] else 'NO'}, – | {r['load_1m']} |")
             continue
         mode = f"paced {r['rate']:.0f}/s" if r["rate"] else f"backlog {r['n']}"
+        if r.get("compare_lanes"):
+            mode += f", {r['gate_lanes']} lanes, {r['critical_window_ms']} ms window"
         if r.get("warmup_records"):
             mode += (f" (after {r['warmup_records']} warm-up records; whole run p50/p99"
                      f" {r['whole_run_p50_ms']}/{r['whole_run_p99_ms']} ms)")
@@ -315,8 +344,8 @@ def write(results: list[dict], measured: dict | None = None) -> None:
                      f" {r['mock_cpu_s']} / {r.get('kafka_cpu_s')} / {r.get('redis_cpu_s')} |"
                      f" {'yes' if r.get('exact') else 'NO'}, {'yes' if r['per_user_order'] else 'NO'}"
                      f" | {r['load_1m']} |")
-    for r in results:
-        if r["mode"].startswith("null") and r.get("per_job_cpu_second"):
+    for r in [r for r in results if r["mode"].startswith("null")][:1]:  # the first
+        if r.get("per_job_cpu_second"):
             lines += ["", f"Null provider: the job's own CPU, from its first status to its last,"
                       f" gives {r['per_job_cpu_second']:,} notifications per job CPU-second (the"
                       " pipeline's ceiling per Flink core: Kafka source, window, gate, Redis"
@@ -325,7 +354,7 @@ def write(results: list[dict], measured: dict | None = None) -> None:
                       " ceiling)."]
     lines += component_table(results)
     lines += against_targets(results)
-    write_markdown(RESULTS / "delivery_throughput.md", "\n".join(lines) + "\n")
+    write_markdown(RESULTS / f"{name}.md", "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -341,31 +370,43 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=180)
     parser.add_argument("--null-n", type=int, default=200_000,
                         help="notifications for the null-provider ceiling run (0: skip it)")
+    parser.add_argument("--lanes", default="",
+                        help="gate_lanes values, e.g. 1,8: every run once per value, in turn;"
+                             " results to delivery_throughput_lanes.*")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the result file's runs and add these after them")
     parser.add_argument("--dry", action="store_true", help="print the runs, write no results")
     parser.add_argument("--render", action="store_true",
                         help="run nothing: write the Markdown again from the JSON results")
     args = parser.parse_args(argv)
+    name = "delivery_throughput_lanes" if args.lanes else "delivery_throughput"
     if args.render:
-        doc = json.loads((RESULTS / "delivery_throughput.json").read_text())
-        write(doc["runs"], {k: doc[k] for k in ("measured_at", "machine")})
+        doc = json.loads((RESULTS / f"{name}.json").read_text())
+        write(doc["runs"], {k: doc[k] for k in ("measured_at", "machine")}, name)
         return
     base = load_settings()
     Stack(base).up(mocks=False)
-    results = []
-    if args.null_n:
-        results.append(null_run(base, args.null_n, args.users, args.timeout))
+    variants = ([base.replace(gate_lanes=int(x)) for x in args.lanes.split(",")] if args.lanes
+                else [base])
+    results = (json.loads((RESULTS / f"{name}.json").read_text())["runs"]
+               if args.append and (RESULTS / f"{name}.json").exists() else [])
+
+    def record(result: dict) -> None:
+        results.append({**result, "compare_lanes": bool(args.lanes)})
         print(results[-1], flush=True)
-    for latency in [int(x) for x in args.latencies.split(",")]:
-        if "backlog" in args.modes:
-            results.append(one_run(base, latency, args.n, args.users, None, args.timeout))
-            print(results[-1], flush=True)
-        if "paced" in args.modes:
-            paced_n = int(args.rate * args.paced_seconds)
-            results.append(one_run(base, latency, paced_n, args.users, args.rate, args.timeout,
-                                   warm_n=int(args.rate * args.warmup_seconds)))
-            print(results[-1], flush=True)
-        if not args.dry:
-            write(results)
+        if not args.dry:  # after every run: a later failure keeps what was measured
+            write(results, name=name)
+    if args.null_n:
+        for settings in variants:
+            record(null_run(settings, args.null_n, args.users, args.timeout))
+    for latency in [int(x) for x in args.latencies.split(",") if x]:
+        for settings in variants:
+            if "backlog" in args.modes:
+                record(one_run(settings, latency, args.n, args.users, None, args.timeout))
+            if "paced" in args.modes:
+                paced_n = int(args.rate * args.paced_seconds)
+                record(one_run(settings, latency, paced_n, args.users, args.rate, args.timeout,
+                               warm_n=int(args.rate * args.warmup_seconds)))
 
 
 if __name__ == "__main__":
