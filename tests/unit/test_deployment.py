@@ -68,6 +68,10 @@ def test_flink_conf_keeps_checkpoints_and_thread_mode():
     assert FLINK_CONF["python"]["execution-mode"] == "thread"
     assert FLINK_CONF["state"]["backend"]["type"] == "hashmap"
     assert FLINK_CONF["execution"]["checkpointing"]["mode"] == "EXACTLY_ONCE"
+    # a job keeps trying until a lost TaskManager (or Redis, or a broker) is back
+    restart = FLINK_CONF["restart-strategy"]
+    assert restart["type"] == "exponential-delay"
+    assert "attempts-before-reset-backoff" not in restart["exponential-delay"]  # unbounded
     properties = SERVICES["jobmanager"]["environment"]["FLINK_PROPERTIES"]
     assert "jobmanager.rpc.address: jobmanager" in properties
     assert "python.executable: /opt/herald-venv/bin/python" in properties
