@@ -184,7 +184,7 @@ class SentMarkers:
                     args += (i, n.id)
         if self.cluster:
             found = self._claim_cluster(lookups, notes, marks)
-        elif lookups is None and not self._pending():
+        elif lookups is None and not self.waiting:
             found = self._claim(args=args)
         else:
             found = self._claim_with(lookups, args)
@@ -304,12 +304,9 @@ class SentMarkers:
         in Redis yet, so no status may say ``delivered`` for them yet."""
         return bool(self._accepted or self._not_sent)
 
-    def _pending(self) -> bool:
-        return self.waiting
-
     def _take_pending(self) -> list | None:
         """The settle script's arguments for everything waiting, which stops waiting."""
-        if not self._pending():
+        if not self.waiting:
             return None
         accepted, not_sent = self._accepted, self._not_sent
         self._accepted, self._not_sent = [], []
