@@ -15,8 +15,8 @@ long-running system pays), and the ratios Herald/peer.
 
     pip install -r bench/requirements.txt      # once: confluent-kafka, matplotlib, py-spy
     python bench/peers_compare.py [--n 200000] [--latencies 0,10] [--systems herald,confluent,quix]
-                                  [--repeat 2] [--zipf 0.6] [--profile]
-Writes bench/results/peers.{json,md}. The Quix venv (.venv-quix) is made on first use.
+                                  [--repeat 2] [--zipf 0.6] [--profile] [--out peers]
+Writes bench/results/peers.{json,md} (or ``--out``'s name). The Quix venv (.venv-quix) is made on first use.
 """
 from __future__ import annotations
 
@@ -196,14 +196,15 @@ def ratios(runs: list[dict]) -> list[dict]:
     return out
 
 
-def write(runs: list[dict], at_start: dict, load_at_end: float | None = None) -> None:
+def write(runs: list[dict], at_start: dict, load_at_end: float | None = None,
+          out: str = "peers") -> None:
     """The JSON and Markdown results (a re-render passes the JSON's load at the end)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     if load_at_end is None:
         load_at_end = round(os.getloadavg()[0], 2)
     doc = {"machine": at_start, "loadavg_1m_at_end": load_at_end,
            "runs": runs, "ratios_herald_over_peer": ratios(runs)}
-    (RESULTS / "peers.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (RESULTS / f"{out}.json").write_text(json.dumps(doc, indent=2) + "\n")
     high = max([r["load_1m_after"] for r in runs] + [r["load_1m_before"] for r in runs])
     lines = [
         "# Herald against its peers, same workload, same machine", "",
@@ -250,7 +251,7 @@ def write(runs: list[dict], at_start: dict, load_at_end: float | None = None) ->
                      f" {q['peer_steady_calls_per_cpu_s']} = **{q['steady_calls_per_cpu_s']}** |")
     lines += against_target(doc["ratios_herald_over_peer"])
     lines += ["", "What bounds each system (its best run per latency):", ""] + bounds(runs)
-    write_markdown(RESULTS / "peers.md", "\n".join(lines) + "\n")
+    write_markdown(RESULTS / f"{out}.md", "\n".join(lines) + "\n")
 
 
 def against_target(ratios_: list[dict]) -> list[str]:
@@ -328,12 +329,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the peers for 5 s mid-run (needs py-spy, and root or"
                              " ptrace rights)")
+    parser.add_argument("--out", default="peers",
+                        help="result file name under bench/results (e.g. peers_1m for --n 1000000)")
     parser.add_argument("--render", action="store_true",
                         help="run nothing: write the Markdown again from the JSON results")
     args = parser.parse_args(argv)
     if args.render:
-        doc = json.loads((RESULTS / "peers.json").read_text())
-        write(doc["runs"], doc["machine"], doc["loadavg_1m_at_end"])
+        doc = json.loads((RESULTS / f"{args.out}.json").read_text())
+        write(doc["runs"], doc["machine"], doc["loadavg_1m_at_end"], args.out)
         return
     base = bench_settings()
     Stack(base).up(mocks=False)
@@ -343,7 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         for system in args.systems.split(",") * args.repeat:
             runs.append(one_run(base, system, latency, args.n, args.timeout, args.zipf,
                                 args.profile))
-            write(runs, at_start)
+            write(runs, at_start, out=args.out)
 
 
 if __name__ == "__main__":
