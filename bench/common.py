@@ -80,19 +80,25 @@ def tree_cpu_by_component(pid: int) -> dict[str, float]:
     """CPU seconds of a process tree's threads so far, summed per `job_component`: which part
     of the job the CPU went to (the per-component figures of the result files)."""
     totals: dict[str, float] = {}
+    for task in tree_tasks(pid):
+        try:
+            name, seconds = stat_cpu(f"{task}/stat")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        component = job_component(name)
+        totals[component] = totals.get(component, 0.0) + seconds
+    return totals
+
+
+def tree_tasks(pid: int):
+    """The /proc directories of a process tree's threads (those gone meanwhile are skipped)."""
     for p in [pid, *descendants(pid)]:
         try:
             tids = os.listdir(f"/proc/{p}/task")
         except (FileNotFoundError, ProcessLookupError):
             continue
         for tid in tids:
-            try:
-                name, seconds = stat_cpu(f"/proc/{p}/task/{tid}/stat")
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            component = job_component(name)
-            totals[component] = totals.get(component, 0.0) + seconds
-    return totals
+            yield f"/proc/{p}/task/{tid}"
 
 
 def cpu_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

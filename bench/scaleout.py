@@ -63,7 +63,7 @@ import requests  # noqa: E402
 from bench.common import (BENCH_DEDUP_TTL_MS, CLK_TCK, RESULTS, Mock, bench_settings,  # noqa: E402
                           cpu_between, drop_topics, exactness, machine, per_user_order_ok,
                           stack_cpu_seconds, tree_cpu_by_component, tree_cpu_seconds,
-                          write_markdown, descendants)
+                          tree_tasks, write_markdown)
 from bench.delivery_throughput import NULL_QUOTA, note, produce  # noqa: E402
 from herald.settings import settings_env  # noqa: E402
 from herald_stack.components import Stack  # noqa: E402
@@ -94,17 +94,12 @@ def own_cpu_seconds() -> float:
 def threads_named(pid: int, prefix: str) -> int:
     """Threads of a process tree whose (15-character) name starts with ``prefix``."""
     count = 0
-    for p in [pid, *descendants(pid)]:
+    for task in tree_tasks(pid):
         try:
-            tids = os.listdir(f"/proc/{p}/task")
+            with open(f"{task}/comm") as fh:
+                count += fh.read().startswith(prefix)
         except (FileNotFoundError, ProcessLookupError):
-            continue
-        for tid in tids:
-            try:
-                with open(f"/proc/{p}/task/{tid}/comm") as fh:
-                    count += fh.read().startswith(prefix)
-            except (FileNotFoundError, ProcessLookupError):
-                pass
+            pass
     return count
 
 
