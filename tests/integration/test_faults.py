@@ -108,6 +108,10 @@ def test_one_of_two_taskmanagers_killed_during_a_backlog(two_taskmanagers, base_
     # The job needed both TaskManagers' slots and ran on both (the killed one among them).
     used = row["fault"]["taskmanagers"]
     assert len({tm for tms in used.values() for tm in tms}) == 2, used
+    # Each class's gate ran one subtask on each TaskManager (balanced tasks scheduling), not
+    # both on one while the other held only sources and sinks.
+    gates = {name: tms for name, tms in used.items() if name.startswith("gate-")}
+    assert len(gates) == 2 and all(len(tms) == 2 for tms in gates.values()), used
     restored = row["fault"]["restored"]
     assert restored is not None and not restored["is_savepoint"], restored
     assert restored["id"] >= row["fault"]["checkpoint_before"], row["fault"]
