@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 import orjson  # noqa: E402
 
 from bench.common import BENCH_DEDUP_TTL_MS, RESULTS, Mock, machine, write_markdown  # noqa: E402
-from bench.loadgen import RecordFactory  # noqa: E402
+from bench.loadgen import TENANTS, RecordFactory  # noqa: E402
 from herald.settings import load_settings  # noqa: E402
 from herald_stack.components import Stack  # noqa: E402
 
@@ -116,9 +116,10 @@ class _Row:
 
 # ---------------------------------------------------------------- one run
 
-def batches(n: int, size: int, run: str) -> list[_Row]:
-    """``n`` notifications as the SQL window's JSON batches of ``size`` (sql/batches.sql)."""
-    factory = RecordFactory(run=run, seed=1)
+def batches(n: int, size: int, run: str, tenants: int = 0) -> list[_Row]:
+    """``n`` notifications as the SQL window's JSON batches of ``size`` (sql/batches.sql), from
+    ``tenants`` tenants (0: the load generator's four)."""
+    factory = RecordFactory(run=run, seed=1, tenants=tenants)
     ranks, sizes, draws = factory.chunk(n)
     now = int(time.time() * 1000)
     records = []
@@ -128,7 +129,19 @@ def batches(n: int, size: int, run: str) -> list[_Row]:
     return [_Row(orjson.dumps(records[i:i + size]).decode()) for i in range(0, n, size)]
 
 
-def one_run(base, transport: str, n: int, size: int) -> dict:
+def redis_scripts(settings) -> int:
+    """Script calls (EVALSHA and EVAL) the Redis server has run so far: the gate's round trips
+    that run Lua (claims, markers, token takes)."""
+    import redis
+    client = redis.Redis(host=settings.redis_host, port=settings.redis_port)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+
+def one_run(base, transport: str, n: int, size: int, tenants: int = 0) -> dict:
     from operators.gate import GateFunction
     with (Mock("fcm", latency_ms=0) if transport == "http" else nullcontext()) as mock:
         settings = base.replace(provider_transport=transport, dedup_ttl_ms=BENCH_DEDUP_TTL_MS,
@@ -136,7 +149,8 @@ def one_run(base, transport: str, n: int, size: int) -> dict:
                                 **({"fcm_url": mock.url} if mock else {}))
         gate = GateFunction(settings, "critical")
         gate.open(_RuntimeContext())
-        rows, ctx, out = batches(n, size, uuid.uuid4().hex[:8]), _Context(), 0
+        rows, ctx, out = batches(n, size, uuid.uuid4().hex[:8], tenants), _Context(), 0
+        scripts_before = redis_scripts(settings)
         try:
             before, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             for row in rows:
@@ -144,12 +158,14 @@ def one_run(base, transport: str, n: int, size: int) -> dict:
                     out += 1
             wall = time.perf_counter() - t0
             after = resource.getrusage(resource.RUSAGE_SELF)
+            scripts = redis_scripts(settings) - scripts_before
         finally:
             gate.close()
         accepted = mock.stats()["accepted"] if mock else None
     user_us = 1e6 * (after.ru_utime - before.ru_utime) / n
     sys_us = 1e6 * (after.ru_stime - before.ru_stime) / n
-    result = {"transport": transport, "batch": size, "n": n, "rows_out": out,
+    result = {"transport": transport, "batch": size, "tenants": tenants or len(TENANTS),
+              "n": n, "rows_out": out, "redis_scripts_per_1000": round(1000 * scripts / n, 1),
               "accepted_at_mock": accepted, "user_us": round(user_us, 1),
               "sys_us": round(sys_us, 1), "cpu_us": round(user_us + sys_us, 1),
               "wall_us": round(1e6 * wall / n, 1),
@@ -164,11 +180,12 @@ def summary(runs: list[dict]) -> list[dict]:
     """Per batch size: the best (lowest CPU) run of each transport, and the HTTP path's cost
     per call as the difference."""
     out = []
-    for size in sorted({r["batch"] for r in runs}):
-        best = {t: min((r for r in runs if r["batch"] == size and r["transport"] == t),
+    for size, tenants in sorted({(r["batch"], r.get("tenants", 4)) for r in runs}):
+        best = {t: min((r for r in runs if (r["batch"], r.get("tenants", 4)) == (size, tenants)
+                        and r["transport"] == t),
                        key=lambda r: r["cpu_us"], default=None) for t in TRANSPORTS}
         if best["null"] and best["http"]:
-            out.append({"batch": size, "null_cpu_us": best["null"]["cpu_us"],
+            out.append({"batch": size, "tenants": tenants, "null_cpu_us": best["null"]["cpu_us"],
                         "http_cpu_us": best["http"]["cpu_us"],
                         "http_path_us": round(best["http"]["cpu_us"] - best["null"]["cpu_us"], 1),
                         "http_path_sys_us": round(best["http"]["sys_us"] - best["null"]["sys_us"],
@@ -186,17 +203,20 @@ def write(runs: list[dict], at_start: dict) -> None:
              " job, on dict stand-ins for Flink's state and timers, fed with the SQL window's JSON"
              " batches of load-generator notifications; this process's CPU per notification."
              " `python bench/gate_python.py` reproduces it.", "",
-             "| transport | batch | user µs | system µs | CPU µs | wall µs | exact at the mock |",
-             "|---|---|---|---|---|---|---|"]
+             "| transport | batch | tenants | user µs | system µs | CPU µs | wall µs |"
+             " Redis scripts per 1,000 | exact at the mock |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         exact = "-" if r["accepted_at_mock"] is None else (
             "yes" if r["accepted_at_mock"] == r["n"] else f"NO ({r['accepted_at_mock']})")
-        lines.append(f"| {r['transport']} | {r['batch']:,} | {r['user_us']} | {r['sys_us']} |"
-                     f" **{r['cpu_us']}** | {r['wall_us']} | {exact} |")
+        lines.append(f"| {r['transport']} | {r['batch']:,} | {r.get('tenants', 4)} |"
+                     f" {r['user_us']} | {r['sys_us']} | **{r['cpu_us']}** | {r['wall_us']} |"
+                     f" {r.get('redis_scripts_per_1000', '-')} | {exact} |")
     lines += ["", "The HTTP path per call (best run of each transport, http − null):", "",
-              "| batch | null µs | http µs | HTTP path µs (of which system) |", "|---|---|---|---|"]
+              "| batch | tenants | null µs | http µs | HTTP path µs (of which system) |",
+              "|---|---|---|---|---|"]
     for s in doc["summary"]:
-        lines.append(f"| {s['batch']:,} | {s['null_cpu_us']} | {s['http_cpu_us']} |"
+        lines.append(f"| {s['batch']:,} | {s.get('tenants', 4)} | {s['null_cpu_us']} | {s['http_cpu_us']} |"
                      f" **{s['http_path_us']}** ({s['http_path_sys_us']}) |")
     write_markdown(RESULTS / "gate_python.md", "\n".join(lines) + "\n")
 
@@ -207,14 +227,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", default="240,2000",
                         help="batch sizes (240: the job's at ≈ 6k/s and a 40 ms window)")
     parser.add_argument("--repeat", type=int, default=2, help="rounds of every run, in turn")
+    parser.add_argument("--tenants", default="4",
+                        help="tenants the notifications come from, e.g. 4,64 (a part's users"
+                             " spread over them)")
     args = parser.parse_args(argv)
     base = load_settings()
     Stack(base).up(mocks=False)
     at_start, runs = machine(), []
     for _ in range(args.repeat):
         for size in [int(b) for b in args.batches.split(",")]:
-            for transport in TRANSPORTS:
-                runs.append(one_run(base, transport, args.n, size))
+            for tenants in [int(t) for t in args.tenants.split(",")]:
+                for transport in TRANSPORTS:
+                    runs.append(one_run(base, transport, args.n, size,
+                                        0 if tenants == len(TENANTS) else tenants))
                 write(runs, at_start)
 
 

@@ -87,9 +87,11 @@ class RecordFactory:
     platforms: str = "android"
     seed: int = 1
     seq: bool = False
+    tenants: int = 0  # 0: the four TENANTS; more: as many tenants, each user always in one
     _cdf: np.ndarray = field(init=False, repr=False)
     _rng: np.random.Generator = field(init=False, repr=False)
     _seqs: dict = field(init=False, repr=False, default_factory=dict)
+    _tenants: tuple = field(init=False, repr=False, default=())
 
     def __post_init__(self) -> None:
         if self.channels not in CHANNEL_MIXES or self.platforms not in PLATFORM_MIXES:
@@ -97,6 +99,8 @@ class RecordFactory:
                              f" {sorted(PLATFORM_MIXES)}")
         self._cdf = zipf_cdf(self.users, self.zipf_s)
         self._rng = np.random.default_rng(self.seed)
+        self._tenants = TENANTS if self.tenants <= 0 else tuple(
+            f"tenant{i:03d}" for i in range(self.tenants))
 
     def user_ranks(self, n: int) -> np.ndarray:
         """``n`` user indices (0 = the hottest), Zipf-skewed."""
@@ -125,7 +129,8 @@ class RecordFactory:
         if "email" in channels:
             to["email"] = f"user{int(rank)}@example.com"
         ttl = CRITICAL_TTL_MS if self.priority == "critical" else PROMO_TTL_MS
-        doc = {"id": f"{self.run}-{i}", "tenant_id": TENANTS[int(rank) % len(TENANTS)],
+        tenant = self._tenants[int(rank) % len(self._tenants)]
+        doc = {"id": f"{self.run}-{i}", "tenant_id": tenant,
                "user_id": user, "priority": self.priority, "channels": list(channels), "to": to,
                "content": {"title": title, "body": body.format(n=i % 1_000_000),
                            "data": {"c": str(created_at), "ref": ""}},

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 from redis.exceptions import ResponseError
 
@@ -206,22 +206,23 @@ class Grant(NamedTuple):
         return self.wait_ms == 0
 
 
-# One round trip, atomic: refill both buckets to `now`, check the lane floor and the hold-off,
-# take from both or from neither. Buckets are hashes {tokens, ts, rate, burst, hold_until};
-# rate/burst come from ARGV when given, else from the hash (configure()). A bucket seen for the
-# first time starts full. A caller whose clock is behind the stored ts refills nothing.
-TAKE_LUA = """
-local n = tonumber(ARGV[1])
-local critical = ARGV[2] == '1'
-local partial = ARGV[3] == '1'
-local reserve = tonumber(ARGV[4])
-local now = tonumber(ARGV[5])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+# One take, atomic: refill both buckets to `now`, check the lane floor and the hold-off, take
+# from both or from neither. Buckets are hashes {tokens, ts, rate, burst, hold_until}; rate/burst
+# come from the arguments when given, else from the hash (configure()). A bucket seen for the
+# first time starts full. A caller whose clock is behind the stored ts refills nothing. Returns
+# {granted, wait_ms}, or {-1, 'HERALD_… reason'} for a bucket without limits or a take that can
+# never fit.
+_TAKE_FUNCTION = """
+local function now_or_server(arg)
+  local now = tonumber(arg)
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now
 end
 
-local function load(key, rate_arg, burst_arg)
+local function load(key, rate_arg, burst_arg, now)
   local h = redis.call('HMGET', key, 'tokens', 'ts', 'rate', 'burst', 'hold_until')
   local rate = tonumber(rate_arg) or tonumber(h[3])
   local burst = tonumber(burst_arg) or tonumber(h[4])
@@ -243,67 +244,104 @@ local function load(key, rate_arg, burst_arg)
           hold = tonumber(h[5]) or 0}
 end
 
-local p = load(KEYS[1], ARGV[6], ARGV[7])
-if not p then
-  return redis.error_reply('HERALD_NOCONFIG no rate/burst for ' .. KEYS[1])
-end
-local t = nil
-if #KEYS > 1 then
-  t = load(KEYS[2], ARGV[8], ARGV[9])
-  if not t then
-    return redis.error_reply('HERALD_NOCONFIG no rate/burst for ' .. KEYS[2])
+local function take(pkey, tkey, n, critical, partial, reserve, now, prate, pburst, trate, tburst)
+  local p = load(pkey, prate, pburst, now)
+  if not p then
+    return {-1, 'HERALD_NOCONFIG no rate/burst for ' .. pkey}
   end
-end
+  local t = nil
+  if tkey then
+    t = load(tkey, trate, tburst, now)
+    if not t then
+      return {-1, 'HERALD_NOCONFIG no rate/burst for ' .. tkey}
+    end
+  end
 
-local floor = 0
-if not critical then floor = reserve * p.burst end
-local cap = p.burst - floor
-if t and t.burst < cap then cap = t.burst end
-if (partial and cap < 1) or (not partial and n > cap) then
-  return redis.error_reply('HERALD_TOOBIG ' .. n .. ' tokens can never fit; capacity ' .. cap)
-end
-if p.hold > now then
-  return {0, p.hold - now}
-end
+  local floor = 0
+  if not critical then floor = reserve * p.burst end
+  local cap = p.burst - floor
+  if t and t.burst < cap then cap = t.burst end
+  if (partial and cap < 1) or (not partial and n > cap) then
+    return {-1, 'HERALD_TOOBIG ' .. n .. ' tokens can never fit; capacity ' .. cap}
+  end
+  if p.hold > now then
+    return {0, p.hold - now}
+  end
 
-local avail = p.tokens - floor
-if t and t.tokens < avail then avail = t.tokens end
-local grant = 0
-if partial then
-  grant = math.floor(math.min(n, avail))
-  if grant < 0 then grant = 0 end
-elseif avail >= n then
-  grant = n
-end
+  local avail = p.tokens - floor
+  if t and t.tokens < avail then avail = t.tokens end
+  local grant = 0
+  if partial then
+    grant = math.floor(math.min(n, avail))
+    if grant < 0 then grant = 0 end
+  elseif avail >= n then
+    grant = n
+  end
 
-if grant > 0 then
-  p.tokens = p.tokens - grant
-  redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', p.tokens),
-             'ts', string.format('%.17g', p.ts))
+  if grant > 0 then
+    p.tokens = p.tokens - grant
+    redis.call('HSET', pkey, 'tokens', string.format('%.17g', p.tokens),
+               'ts', string.format('%.17g', p.ts))
+    if t then
+      t.tokens = t.tokens - grant
+      redis.call('HSET', tkey, 'tokens', string.format('%.17g', t.tokens),
+                 'ts', string.format('%.17g', t.ts))
+    end
+  end
+
+  local rest = n - grant
+  if rest <= 0 then return {grant, 0} end
+  local want = math.min(rest, cap)
+  -- A critical caller with more waiting comes back before the bucket climbs past the
+  -- promotional floor (half the reserve at most), so a promotional poller never gets a token
+  -- meanwhile.
+  if critical and partial and reserve > 0 then
+    local lane = math.max(1, math.floor(reserve * p.burst / 2))
+    if want > lane then want = lane end
+  end
+  local wait = (want - (p.tokens - floor)) * 1000 / p.rate
   if t then
-    t.tokens = t.tokens - grant
-    redis.call('HSET', KEYS[2], 'tokens', string.format('%.17g', t.tokens),
-               'ts', string.format('%.17g', t.ts))
+    local wt = (want - t.tokens) * 1000 / t.rate
+    if wt > wait then wait = wt end
   end
+  wait = math.ceil(wait)
+  if wait < 1 then wait = 1 end
+  return {grant, wait}
 end
+"""
 
-local rest = n - grant
-if rest <= 0 then return {grant, 0} end
-local want = math.min(rest, cap)
--- A critical caller with more waiting comes back before the bucket climbs past the promotional
--- floor (half the reserve at most), so a promotional poller never gets a token meanwhile.
-if critical and partial and reserve > 0 then
-  local lane = math.max(1, math.floor(reserve * p.burst / 2))
-  if want > lane then want = lane end
+# One take in one round trip. KEYS: the provider's bucket, the tenant's (optional). ARGV: n,
+# critical, partial, reserve, now ('' for the server's clock), provider rate and burst, tenant
+# rate and burst ('' for the stored ones).
+TAKE_LUA = _TAKE_FUNCTION + """
+local r = take(KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2] == '1', ARGV[3] == '1',
+               tonumber(ARGV[4]), now_or_server(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+if r[1] < 0 then return redis.error_reply(r[2]) end
+return r
+"""
+
+# One provider's takes for several tenants in one round trip, one after another as separate
+# takes would be (each sees what the ones before it took), on one clock. KEYS: the provider's
+# bucket, then the tenants' buckets (one slot: the provider's hash tag). ARGV: critical,
+# partial, reserve, now, provider rate and burst, then per take: n, the index in KEYS of its
+# tenant's bucket (0: none), tenant rate and burst. Returns {granted, wait_ms, …}, with
+# {-1, reason} for a take that failed (the others still happen).
+TAKE_MANY_LUA = _TAKE_FUNCTION + """
+local critical = ARGV[1] == '1'
+local partial = ARGV[2] == '1'
+local reserve = tonumber(ARGV[3])
+local now = now_or_server(ARGV[4])
+local out = {}
+for i = 7, #ARGV, 4 do
+  local k = tonumber(ARGV[i + 1])
+  local tkey = nil
+  if k > 0 then tkey = KEYS[k] end
+  local r = take(KEYS[1], tkey, tonumber(ARGV[i]), critical, partial, reserve, now,
+                 ARGV[5], ARGV[6], ARGV[i + 2], ARGV[i + 3])
+  out[#out + 1] = r[1]
+  out[#out + 1] = r[2]
 end
-local wait = (want - (p.tokens - floor)) * 1000 / p.rate
-if t then
-  local wt = (want - t.tokens) * 1000 / t.rate
-  if wt > wait then wait = wt end
-end
-wait = math.ceil(wait)
-if wait < 1 then wait = 1 end
-return {grant, wait}
+return out
 """
 
 # Atomic max(): a throttle seen by one worker pauses every worker of that provider.
@@ -342,6 +380,7 @@ class RedisRateLimiter:
         self.reserve_fraction = float(reserve_fraction)
         self.namespace = namespace
         self._take = client.register_script(TAKE_LUA)
+        self._take_many = client.register_script(TAKE_MANY_LUA)
         self._hold = client.register_script(HOLD_LUA)
 
     def provider_key(self, provider: str) -> str:
@@ -385,6 +424,33 @@ class RedisRateLimiter:
                 raise RateLimitConfigError(text.split(" ", 1)[-1]) from None
             raise
         return Grant(int(granted), int(wait_ms))
+
+    def take_many(self, provider: str, takes: Sequence[tuple[str | None, int, BucketConfig | None]],
+                  *, critical: bool = False, partial: bool = False, now_ms: int | None = None,
+                  provider_limit: BucketConfig | None = None
+                  ) -> list[Grant | RateLimitConfigError]:
+        """``take`` for several tenants of one provider in one round trip: per
+        ``(tenant or None, n, tenant_limit)``, in order, its ``Grant``, or the
+        ``RateLimitConfigError`` that ``take`` would have raised for it."""
+        keys = [self.provider_key(provider)]
+        args: list = [1 if critical else 0, 1 if partial else 0, repr(self.reserve_fraction),
+                      "" if now_ms is None else int(now_ms), *_limit_args(provider_limit)]
+        for tenant, n, tenant_limit in takes:
+            _check_count(n)
+            index = 0
+            if tenant is not None:
+                keys.append(self.tenant_key(provider, tenant))
+                index = len(keys)
+            args += [n, index, *_limit_args(tenant_limit)]
+        flat = self._take_many(keys=keys, args=args)
+        out: list[Grant | RateLimitConfigError] = []
+        for granted, second in zip(flat[::2], flat[1::2]):
+            if int(granted) < 0:
+                text = second.decode() if isinstance(second, bytes) else str(second)
+                out.append(RateLimitConfigError(text.split(" ", 1)[-1]))
+            else:
+                out.append(Grant(int(granted), int(second)))
+        return out
 
     def hold(self, provider: str, *, until_ms: int | None = None,
              retry_after_ms: int | None = None) -> int:

@@ -389,10 +389,17 @@ class BatchCalls:
         for task in allowed:
             groups.setdefault((task.adapter.name, task.n.tenant_id), []).append(task)
         self.rates.prepare_tenants(groups)
+        # One round trip per provider for all its tenants' takes.
+        tenants_of: dict[str, list[tuple[str, int]]] = {}
+        for name, tenant in groups:
+            tenants_of.setdefault(name, []).append((tenant, len(groups[(name, tenant)])))
+        grants = {(name, tenant): grant for name, takes in tenants_of.items()
+                  for (tenant, _), grant in zip(takes, self.rates.take_many(
+                      name, takes, critical=self.critical))}
         go: list[Task] = []
         min_wait = None
-        for (name, tenant), group in groups.items():
-            grant = self.rates.take(name, len(group), tenant=tenant, critical=self.critical)
+        for key, group in groups.items():
+            grant = grants[key]
             go.extend(group[:grant.granted])
             if grant.granted < len(group):
                 later.extend(group[grant.granted:])

@@ -115,16 +115,23 @@ class ProviderRates:
 
     # ---------------------------------------------------------------- takes
 
-    def take(self, provider: str, n: int, *, tenant: str | None, critical: bool) -> Grant:
-        """Up to ``n`` tokens now (partial grants), with the wait for the rest."""
-        tenant_key, tenant_limit = self._tenant_args(provider, tenant)
-        try:
-            return self.limiter.take(provider, n, tenant=tenant_key, critical=critical,
-                                     partial=True, tenant_limit=tenant_limit)
-        except RateLimitConfigError as exc:
-            # The bucket lost its config (a flushed Redis) or cannot fit one promotional call:
-            # put the config back and wait a little; never send unlimited.
-            log.warning("rate limit for %s/%s: %s", provider, tenant, exc)
-            self._write(provider, force=True)
-            self._tenants.pop((provider, tenant), None)
-            return Grant(0, 100)
+    def take_many(self, provider: str, tenants: list[tuple[str, int]], *,
+                  critical: bool) -> list[Grant]:
+        """Up to ``n`` tokens now for each ``(tenant, n)`` of one provider (partial grants, with
+        the wait for the rest), in order, in one round trip."""
+        args = [(*self._tenant_args(provider, tenant), n) for tenant, n in tenants]
+        grants = self.limiter.take_many(
+            provider, [(key, n, limit) for key, limit, n in args], critical=critical,
+            partial=True)
+        return [self._config_lost(provider, tenant, grant)
+                if isinstance(grant, RateLimitConfigError) else grant
+                for (tenant, _), grant in zip(tenants, grants)]
+
+    def _config_lost(self, provider: str, tenant: str | None,
+                     exc: RateLimitConfigError) -> Grant:
+        # The bucket lost its config (a flushed Redis) or cannot fit one promotional call:
+        # put the config back and wait a little; never send unlimited.
+        log.warning("rate limit for %s/%s: %s", provider, tenant, exc)
+        self._write(provider, force=True)
+        self._tenants.pop((provider, tenant), None)
+        return Grant(0, 100)

@@ -265,6 +265,57 @@ def test_batch_takes_draw_the_whole_batch_at_once(redis_client, provider):
     assert not rl.take(provider, 1, tenant="acme", now_ms=T0).ok
 
 
+def _one_by_one(rl, provider, takes, **flags):
+    out = []
+    for tenant, n, limit in takes:
+        try:
+            out.append(rl.take(provider, n, tenant=tenant, tenant_limit=limit, **flags))
+        except RateLimitConfigError as exc:
+            out.append(exc)
+    return out
+
+
+@pytest.mark.parametrize("seed", [3, 17, 2026])
+def test_takes_for_several_tenants_in_one_call_match_the_takes_one_by_one(redis_client, seed):
+    """A part's takes for all its tenants in one round trip (``take_many``) grant, wait and
+    leave the buckets exactly as the same takes one after another; a tenant without limits
+    fails alone. Seeded: a failure names its seed."""
+    rng = random.Random(seed)
+    provider = f"many{next(_names)}"
+    many = RedisRateLimiter(redis_client, reserve_fraction=0.2, namespace=f"m{seed}")
+    single = RedisRateLimiter(redis_client, reserve_fraction=0.2, namespace=f"s{seed}")
+    tenants = ["acme", "globex", "initech", "umbrella", None, "nolimits"]
+    limits = {"acme": None, "globex": BucketConfig(30, 60), "initech": BucketConfig(5, 10),
+              "umbrella": BucketConfig(50, 40), None: None, "nolimits": None}
+    for rl in (many, single):
+        rl.configure(provider, 200, 300)
+        rl.configure(provider, 40, 80, tenant="acme")
+    now = T0
+    for step in range(200):
+        now += rng.choice([0, 0, 3, 10, 50, 200])
+        if rng.random() < 0.03:
+            until = now + rng.choice([5, 100])
+            for rl in (many, single):
+                rl.hold(provider, until_ms=until)
+        takes = [(t, rng.randint(1, 40), limits[t])
+                 for t in rng.sample(tenants, rng.randint(1, len(tenants)))]
+        flags = {"critical": rng.random() < 0.4, "partial": rng.random() < 0.7, "now_ms": now}
+        got = many.take_many(provider, takes, **flags)
+        want = _one_by_one(single, provider, takes, **flags)
+        def plain(results, namespace):
+            return [str(r).replace(namespace, "") if isinstance(r, Exception) else r
+                    for r in results]
+        assert plain(got, f"m{seed}:") == plain(want, f"s{seed}:"), (seed, step, takes)
+        assert all("no rate/burst" in str(g) for g, (t, _, _) in zip(got, takes)
+                   if t == "nolimits"), (seed, step, got)
+        for tenant in ("acme", "globex", "initech", "umbrella"):
+            a = redis_client.hget(many.tenant_key(provider, tenant), "tokens")
+            b = redis_client.hget(single.tenant_key(provider, tenant), "tokens")
+            assert a == b, (seed, step, tenant)
+        assert redis_client.hget(many.provider_key(provider), "tokens") == \
+               redis_client.hget(single.provider_key(provider), "tokens"), (seed, step)
+
+
 # ---------------------------------------------------------------- configuration and holds
 
 def test_unconfigured_bucket_is_an_error_not_unlimited(redis_client, provider):

@@ -111,6 +111,10 @@ def test_a_take_touches_its_provider_and_tenant_buckets_in_one_slot(namespace, p
     limiter = RedisRateLimiter(client, reserve_fraction=0, namespace=namespace)
     for tenant in ("acme", "globex", "t0123456789"):
         limiter.take(provider, 5, tenant=tenant, now_ms=1)
+    # a part's takes for all its tenants of one provider: one script call, one slot
+    limiter.take_many(provider, [("acme", 5, None), (None, 2, None), ("globex", 1, None)],
+                      now_ms=1)
+    assert len(client.script_keys[-1]) == 3
     limiter.hold(provider, until_ms=10)
     assert client.script_keys and all(one_slot(keys) for keys in client.script_keys)
     assert len(client.script_keys[0]) == 2
