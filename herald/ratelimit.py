@@ -425,8 +425,9 @@ class RedisRateLimiter:
             raise
         return Grant(int(granted), int(wait_ms))
 
-    def take_many(self, provider: str, takes: Sequence[tuple[str | None, int, BucketConfig | None]],
-                  *, critical: bool = False, partial: bool = False, now_ms: int | None = None,
+    def take_many(self, provider: str,
+                  takes: Sequence[tuple[str | None, int, BucketConfig | None]], *,
+                  critical: bool = False, partial: bool = False, now_ms: int | None = None,
                   provider_limit: BucketConfig | None = None
                   ) -> list[Grant | RateLimitConfigError]:
         """``take`` for several tenants of one provider in one round trip: per
