@@ -119,10 +119,11 @@ class ProviderRates:
                   critical: bool) -> list[Grant]:
         """Up to ``n`` tokens now for each ``(tenant, n)`` of one provider (partial grants, with
         the wait for the rest), in order, in one round trip."""
-        args = [(*self._tenant_args(provider, tenant), n) for tenant, n in tenants]
-        grants = self.limiter.take_many(
-            provider, [(key, n, limit) for key, limit, n in args], critical=critical,
-            partial=True)
+        takes = []
+        for tenant, n in tenants:
+            key, limit = self._tenant_args(provider, tenant)
+            takes.append((key, n, limit))
+        grants = self.limiter.take_many(provider, takes, critical=critical, partial=True)
         return [self._config_lost(provider, tenant, grant)
                 if isinstance(grant, RateLimitConfigError) else grant
                 for (tenant, _), grant in zip(tenants, grants)]

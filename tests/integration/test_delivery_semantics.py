@@ -64,12 +64,13 @@ def test_replays_of_an_id_reach_the_provider_once(settings, fcm, unique, tmp_pat
                          indirect=True)
 def test_each_users_messages_reach_the_provider_in_seq_order(settings, fcm, unique, tmp_path):
     # Each user's seqs are produced shuffled, one per round, a round of 200 users every 0.1 s
-    # into the running job. Herald's own quota (250 calls/s) takes 0.8 s per round, so the job
-    # falls seconds behind: a user's records reach the gate seconds apart while the log holds
-    # them within the gap timeout of each other. A hold that counted wall-clock time instead of
-    # the log's would give the gap up and send out of order.
-    settings = settings.replace(gap_timeout_ms=5_000, ratelimit_namespace=f"rl{unique}",
-                                quota_fcm_rate_per_s=250.0, quota_fcm_burst=25.0)
+    # into the running job. Herald's own quota (160 calls/s) takes 1.25 s per round, so the
+    # job falls seconds behind: a user's records reach the gate up to 25 s apart while the log
+    # holds them within the gap timeout of each other (8 s: producing takes 2-3 s, more on a
+    # loaded machine). A hold that counted wall-clock time instead of the log's would give the
+    # gap up and send out of order.
+    settings = settings.replace(gap_timeout_ms=8_000, ratelimit_namespace=f"rl{unique}",
+                                quota_fcm_rate_per_s=160.0, quota_fcm_burst=16.0)
     rng = random.Random(11)
     users = [f"u{unique}-{u}" for u in range(200)]
     per_user = {u: [note(unique, f"{u}-{s}", u, seq=s) for s in range(20)] for u in users}

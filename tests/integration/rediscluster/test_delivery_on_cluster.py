@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from herald.redis_conn import key_slot
+from herald_cli.quota import set_quota
 from tests.integration.jobs import RunningJob
 from tests.integration.kafka_io import produce, read_until
 from tests.integration.mock_log import in_flight_bound, repeats_after_a_kill
@@ -35,6 +36,11 @@ def wait_for(check, job: RunningJob, what: str, timeout_s: float = 120) -> None:
         time.sleep(0.05)
 
 
+# While the slots move, fcm's quota is cut to a crawl (its bucket takes the cut at once), so
+# the job is still sending, however long the reshard takes; it is put back afterwards.
+CRAWL_RATE_PER_S, CRAWL_BURST = 1.0, 2.0
+
+
 def test_delivery_on_redis_cluster_resharded_mid_run_and_restored(
         settings, fcm, redis_cluster, cluster_client, unique, tmp_path):
     total = 5_000  # one record per user: what a kill leaves in flight has a bound
@@ -51,6 +57,7 @@ def test_delivery_on_redis_cluster_resharded_mid_run_and_restored(
         # Under the running job: the buckets' slot moved key by key, then 1,500 slots (and
         # the markers in them) by redis-cli, from the node that serves the most slots.
         before_reshard = fcm.stats()["accepted"]
+        set_quota(settings, "fcm", CRAWL_RATE_PER_S, CRAWL_BURST, control=False)
         slot = key_slot(bucket)
         redis_cluster.migrate_slot(slot, next(p for p in redis_cluster.ports
                                               if p != redis_cluster.owner(slot)), batch=1)
@@ -62,6 +69,8 @@ def test_delivery_on_redis_cluster_resharded_mid_run_and_restored(
         assert len(moved) == 1_500
         first.check_alive()
         assert fcm.stats()["accepted"] < total, "the job was done before the reshard ended"
+        set_quota(settings, "fcm", settings.quota_fcm_rate_per_s, settings.quota_fcm_burst,
+                  control=False)
         wait_for(lambda: fcm.stats()["accepted"] >= before_reshard + total // 5, first,
                  "the job stopped sending after the reshard")
     finally:
