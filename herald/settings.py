@@ -326,9 +326,10 @@ class Settings:
     # retry fits before expiry. (A channel whose circuit is open is left at once, whatever
     # the time.)
     fallback_reserve_ms: int = 10_000
-    # A request is written only this long before expires_at or earlier: its trip to the
-    # provider must not land it at or after expiry (a loaded machine took up to 9 ms to a
-    # local mock). Its answer is awaited until then too.
+    # A request is written this long before expires_at or earlier, and its answer is awaited
+    # until expires_at, so a user's next call is written no sooner than this after it: the
+    # trip to the provider (stalls included) must stay under it for "never at or after
+    # expiry" and "in order at the provider" to hold (docs/OPERATIONS.md, semantics).
     provider_write_margin_ms: int = 50
 
     @field_validator("delivery_classes")
