@@ -179,6 +179,10 @@ class Settings:
     # default: the gate keeps up at low rates without it (one batch per lane per window); the
     # kill tests pass with it on (docs/decisions/010-buffer-debloating.md).
     flink_buffer_debloat_target_ms: int = 0
+    # Flink's `pipeline.object-reuse`: chained Java operators hand a record on without a
+    # defensive copy (the SQL window, the conversions around the Python operators, the sinks;
+    # Python operators get their own copies anyway). bench/results/object_reuse.md measures it.
+    flink_object_reuse: bool = True
     flink_python_mode: Literal["thread", "process"] = "thread"
     flink_jars_dir: str = str(PROJECT_ROOT / ".stack" / "flink-jars")
     flink_watermark_idle_ms: int = 1_000

@@ -79,6 +79,7 @@ def make_environments(settings: Settings, job_name: str, *, restore_from: str | 
     if restore_from:
         conf.set_string("execution.state-recovery.path", restore_from)
     conf.set_string("execution.buffer-timeout", "5 ms")
+    conf.set_string("pipeline.object-reuse", str(settings.flink_object_reuse).lower())
     if settings.flink_buffer_debloat_target_ms:
         # The windows emit one small row per lane every window; with full-size network
         # buffers hundreds of them queue in front of a gate that needs a provider round trip
