@@ -13,9 +13,11 @@ one), and they pickle as the frozen ones did (``pickles_as_list``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Annotated, Any, Mapping
 
+import msgspec
 import orjson
+from msgspec import UNSET, Meta, UnsetType
 
 from herald import states
 from herald.errors import ValidationError
@@ -270,17 +272,27 @@ def check_tenant_id(value: Any, field: str = "tenant_id") -> str:
     return value
 
 
+def is_phone(value: str) -> bool:
+    """``PHONE_RULE``."""
+    return (3 <= len(value) <= 16 and value[0] == "+" and value[1] != "0" and value.isascii()
+            and value[1:].isdigit())
+
+
+def is_email(value: str) -> bool:
+    """``EMAIL_RULE``."""
+    local, at, domain = value.partition("@")
+    return not (not at or not local or "@" in domain or "." not in domain or domain[0] == "."
+                or domain[-1] == "." or not value.isprintable() or " " in value)
+
+
 def check_phone(value: str, field: str = "to.phone") -> str:
-    if not (3 <= len(value) <= 16 and value[0] == "+" and value[1] != "0"
-            and value.isascii() and value[1:].isdigit()):
+    if not is_phone(value):
         raise ValidationError(f"'{field}' must be {PHONE_RULE}, got {value!r}", field)
     return value
 
 
 def check_email(value: str, field: str = "to.email") -> str:
-    local, at, domain = value.partition("@")
-    if (not at or not local or "@" in domain or "." not in domain or domain[0] == "."
-            or domain[-1] == "." or not value.isprintable() or " " in value):
+    if not is_email(value):
         raise ValidationError(f"'{field}' must be {EMAIL_RULE}, got {value!r}", field)
     return value
 
@@ -404,6 +416,119 @@ def load_object(raw: bytes | str | None) -> dict:
     return obj
 
 
+# ---------------------------------------------------------------- typed decoding
+
+# The contract's notification as msgspec Structs: decoded and type- and length-checked in C.
+# Unknown fields are refused here (they are ignored by the reader above, which takes such a
+# record instead), so nothing is skipped unread: msgspec skips a value without checking its
+# UTF-8 or its numbers, which the reader's orjson refuses.
+_Id = Annotated[str, Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+_Epoch = Annotated[int, Meta(ge=MIN_EPOCH_MS, lt=MAX_EPOCH_MS)]
+
+
+class _WireContacts(msgspec.Struct, forbid_unknown_fields=True):
+    push_token: Annotated[str, Meta(min_length=1, max_length=MAX_PUSH_TOKEN_LENGTH)] | None = None
+    platform: _Id | None = None
+    phone: Annotated[str, Meta(min_length=1, max_length=32)] | None = None
+    email: Annotated[str, Meta(min_length=1, max_length=MAX_EMAIL_LENGTH)] | None = None
+
+
+class _WireContent(msgspec.Struct, forbid_unknown_fields=True):
+    title: Annotated[str, Meta(min_length=1, max_length=MAX_TITLE_LENGTH)] | None = None
+    body: Annotated[str, Meta(min_length=1, max_length=MAX_BODY_LENGTH)] | None = None
+    data: dict[str, str] | None = None
+    template: _Id | None = None
+    vars: msgspec.Raw | None = None  # free-form: read by orjson, as the reader does
+
+
+class _WireNotification(msgspec.Struct, forbid_unknown_fields=True):
+    id: _Id
+    tenant_id: str
+    user_id: _Id
+    content: _WireContent
+    created_at: _Epoch
+    priority: str | UnsetType = UNSET  # null is refused, as the reader refuses it
+    channels: list[str] | None = None
+    to: _WireContacts | None = None
+    expires_at: _Epoch | None = None
+    # orjson reads an integer beyond 64 bits as a float, which the reader refuses
+    seq: Annotated[int, Meta(ge=0, le=2**63 - 1)] | None = None
+    campaign_id: _Id | None = None
+    send_at: _Epoch | None = None
+
+
+_DECODER = msgspec.json.Decoder(_WireNotification)
+_PUSH_ONLY = (states.PUSH,)
+
+
+def _is_id(value: str | None) -> bool:
+    return value is None or (value.isprintable() and " " not in value and "/" not in value)
+
+
+def _is_text(value: str | None) -> bool:
+    return value is None or not value.isspace()
+
+
+def typed_decode(raw: bytes | str | None, expected_priority: str | None,
+                 default_ttl_ms: int) -> Notification | None:
+    """The Notification in ``raw`` if it is valid and has only the contract's fields, else
+    None (the reader then decides). Every rule of ``notification_from_dict`` is checked here
+    too; the unit tests hold the two to the same answers on random and hostile records."""
+    if raw is None:
+        return None
+    try:
+        w = _DECODER.decode(raw)
+    except (msgspec.MsgspecError, RecursionError):
+        return None
+    priority = expected_priority if w.priority is UNSET else w.priority
+    if priority not in states.PRIORITIES or (expected_priority is not None
+                                             and priority != expected_priority):
+        return None
+    expires_at = w.expires_at
+    if expires_at is None:
+        if priority == states.PROMOTIONAL:
+            return None
+        expires_at = w.created_at + default_ttl_ms
+    elif expires_at <= w.created_at:
+        return None
+    if not (_is_id(w.id) and _is_id(w.user_id) and _is_id(w.campaign_id)
+            and w.tenant_id in _TENANTS_SEEN):  # a tenant not seen yet: the reader checks it
+        return None
+    channels = w.channels
+    if channels is None:
+        channels = _PUSH_ONLY
+    elif channels and len(set(channels)) == len(channels) and states.CHANNELS.issuperset(
+            channels):
+        channels = tuple(channels)
+    else:
+        return None
+    t = w.to
+    if t is None:
+        to = Contacts()
+    elif (_is_text(t.push_token) and _is_text(t.platform) and _is_text(t.phone)
+          and _is_text(t.email) and (t.platform is None or t.platform in states.PLATFORMS)
+          and (t.phone is None or is_phone(t.phone)) and (t.email is None or is_email(t.email))):
+        to = Contacts(t.push_token, t.platform, t.phone, t.email)
+    else:
+        return None
+    c = w.content
+    if not (_is_text(c.title) and _is_text(c.body) and _is_text(c.template)) or (
+            c.body is None and c.template is None):
+        return None
+    try:
+        variables = None if c.vars is None else orjson.loads(c.vars)
+    except orjson.JSONDecodeError:
+        return None
+    if variables is None:
+        variables = {}
+    elif variables.__class__ is not dict:
+        return None
+    return Notification(w.id, w.tenant_id, w.user_id, priority, channels, to,
+                        Content(c.title, c.body, {} if c.data is None else c.data, c.template,
+                                variables),
+                        w.created_at, expires_at, w.seq, w.campaign_id, w.send_at)
+
+
 def notification_from_dict(obj: Mapping, *, expected_priority: str | None = None,
                            default_ttl_ms: int = 300_000) -> Notification:
     """Validate one Notification; ``expected_priority`` is the class of the topic it came from."""
@@ -436,6 +561,13 @@ def notification_from_dict(obj: Mapping, *, expected_priority: str | None = None
 
 def parse_notification(raw: bytes | str, *, expected_priority: str | None = None,
                        default_ttl_ms: int = 300_000) -> Notification:
-    """Bytes off Kafka → a valid Notification, or ValidationError with a precise reason."""
+    """Bytes off Kafka → a valid Notification, or ValidationError with a precise reason.
+
+    A record that ``typed_decode`` accepts is valid and read there (mostly in C: 3 against
+    6.6 µs); any other goes through the reader above, which accepts it or names its problem."""
+    n = typed_decode(raw, expected_priority, default_ttl_ms)
+    if n is not None:
+        return n
     return notification_from_dict(load_object(raw), expected_priority=expected_priority,
                                   default_ttl_ms=default_ttl_ms)
+
