@@ -58,8 +58,8 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
     from operators.gate import GateFunction
     from operators.lanes import job_lanes, lane_keys
     from operators.retries import RetryWaitFunction
-    from operators.rows import (DLQ_TAG, KEYED_PAYLOAD, RELEASED, RETRY_TAG, STATUS_TAG,
-                                side_output)
+    from operators.rows import (DLQ_TAG, KEY_END, KEYED_PAYLOAD, RELEASED, RETRY_TAG,
+                                STATUS_BATCH, STATUS_END, STATUS_TAG, side_output)
 
     # Record timestamps convert to epoch ms in UTC (sql/batches.sql: the log's clock).
     t_env.get_config().set("table.local-time-zone", "UTC")
@@ -102,7 +102,7 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
         # The gate sends what it releases itself (operators/gate.py says why).
         gated = (t_env.to_data_stream(batches)
                  .key_by(lambda r: keys[r.shard], key_type=Types.INT())
-                 .process(GateFunction(settings, priority, lanes), output_type=KEYED_PAYLOAD)
+                 .process(GateFunction(settings, priority, lanes), output_type=STATUS_BATCH)
                  .name(f"gate-{priority}").uid(f"gate-{priority}")
                  .slot_sharing_group(priority)
                  .set_buffer_timeout(settings.flink_status_buffer_timeout_ms))
@@ -118,13 +118,21 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
                   .slot_sharing_group(priority)
                   .set_buffer_timeout(settings.flink_status_buffer_timeout_ms))
         retried = (waited
-                   .process(CallBatchFunction(settings, priority), output_type=KEYED_PAYLOAD)
+                   .process(CallBatchFunction(settings, priority), output_type=STATUS_BATCH)
                    .name(f"call-{priority}").uid(f"call-{priority}")
                    .slot_sharing_group(priority)
                    .set_buffer_timeout(settings.flink_status_buffer_timeout_ms))
+        # The call stages' status batches are split into records in Java; the gate's own
+        # statuses (drops, gap notices) join them there.
+        t_env.create_temporary_view(f"status_batches_{priority}",
+                                    t_env.from_data_stream(gated.union(retried)))
+        statuses = t_env.sql_query(sql_statements(
+            "status_records.sql", settings, batches=f"status_batches_{priority}",
+            key_end_code=str(ord(KEY_END)), status_end_code=str(ord(STATUS_END)))[0])
+        statements.add_insert(f"status_out_{priority}", statuses.union_all(
+            t_env.from_data_stream(side_output(gated, STATUS_TAG))))
         # One conversion to the Table API per sink and class: each costs Java CPU per record.
         for sink, streams in (
-                (f"status_out_{priority}", (gated, side_output(gated, STATUS_TAG), retried)),
                 (f"{retry}_out", (side_output(gated, RETRY_TAG),
                                   side_output(retried, RETRY_TAG))),
                 (f"dlq_out_{priority}", (side_output(gated, DLQ_TAG),

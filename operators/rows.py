@@ -10,6 +10,12 @@ from operators.threads import no_pause
 
 # (id, payload): the Kafka key and the JSON value of a status or dead-letter record.
 KEYED_PAYLOAD = Types.ROW_NAMED(["id", "payload"], [Types.STRING(), Types.STRING()])
+# (statuses): a call-stage batch's status events in one row, split into (id, payload) records
+# in Java by sql/status_records.sql: one crossing out of Python per batch, not one per status.
+# Each status is its id, KEY_END and its JSON; STATUS_END ends each. Neither occurs in either:
+# ids are printable (herald.models) and JSON escapes control characters.
+STATUS_BATCH = Types.ROW_NAMED(["statuses"], [Types.STRING()])
+KEY_END, STATUS_END = "\x1f", "\x1e"
 # (shard, batch): what the retry wait released from one batch, in order, for the call stage;
 # each payload starts with the release counter (ORDER_DIGITS hex digits).
 ORDER_DIGITS = 16
@@ -32,14 +38,26 @@ def keyed_payload(key: str, payload: bytes) -> Row:
     return Row(key, payload.decode("utf-8"))
 
 
+def status_batch(statuses) -> Row:
+    """Status events as one STATUS_BATCH row."""
+    return Row("".join([f"{s.id}{KEY_END}{s.to_json().decode()}{STATUS_END}"
+                        for s in statuses]))
+
+
+def status_records(batch: Row) -> list[tuple[str, str]]:
+    """A STATUS_BATCH row's (id, payload) records, as sql/status_records.sql splits it."""
+    return [tuple(s.split(KEY_END, 1)) for s in batch[0].split(STATUS_END) if s]
+
+
 def stage_rows(out, metrics, pause=no_pause):
     """A call-stage batch's output (udfs.call_stage.StageOutput) as the operators emit it:
-    status events on the main output, retry records and dead letters on their side outputs;
-    its counts go to the operator's metrics (operators.metrics) once per batch. ``pause`` is
-    called before each row (a promotional operator steps aside there: operators/threads.py)."""
+    its status events as one row on the main output, retry records and dead letters on their
+    side outputs; its counts go to the operator's metrics (operators.metrics) once per batch.
+    ``pause`` is called before each row (a promotional operator steps aside there:
+    operators/threads.py)."""
     metrics.add(*out.metric_counts())
     rows = itertools.chain(
-        (keyed_payload(status.id, status.to_json()) for status in out.statuses),
+        (status_batch(out.statuses),) if out.statuses else (),
         ((RETRY_TAG, keyed_payload(user_id, record)) for user_id, record in out.retries),
         ((DLQ_TAG, keyed_payload(key, record)) for key, record in out.dead))
     for row in rows:

@@ -17,6 +17,7 @@ from pyflink.common import Row
 
 from bench.gate_python import _Context, _Row, _RuntimeContext
 from operators.gate import GateFunction
+from operators.rows import status_records
 from tests.integration.records import note
 from udfs.markers import DONE, MARKER
 
@@ -42,13 +43,14 @@ def test_every_delivered_row_is_yielded_after_its_marker_is_settled(stack, base_
             for row in gate.process_element(_Row(orjson.dumps(records).decode()), _Context()):
                 if not isinstance(row, Row):  # side outputs: retries, dead letters
                     continue
-                status = orjson.loads(row[1])
-                if status["state"] != "delivered":
-                    continue
-                delivered += 1
-                key = MARKER.format(f"{status['tenant_id']}:{status['id']}")
-                if redis_client.get(key) != DONE:
-                    unsettled.append(status["id"])
+                for _, payload in status_records(row):
+                    status = orjson.loads(payload)
+                    if status["state"] != "delivered":
+                        continue
+                    delivered += 1
+                    key = MARKER.format(f"{status['tenant_id']}:{status['id']}")
+                    if redis_client.get(key) != DONE:
+                        unsettled.append(status["id"])
     finally:
         gate.close()
     assert delivered > 0, f"seed {seed}: nothing was delivered"
