@@ -59,7 +59,7 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
     from operators.lanes import job_lanes, lane_keys
     from operators.retries import RetryWaitFunction
     from operators.rows import (DLQ_TAG, KEY_END, KEYED_PAYLOAD, RELEASED, RETRY_TAG,
-                                STATUS_BATCH, STATUS_END, STATUS_TAG, side_output)
+                                STATUS_BATCH, STATUS_END, side_output)
 
     # Record timestamps convert to epoch ms in UTC (sql/batches.sql: the log's clock).
     t_env.get_config().set("table.local-time-zone", "UTC")
@@ -122,15 +122,12 @@ def build_pipeline(env, t_env, settings: Settings) -> None:
                    .name(f"call-{priority}").uid(f"call-{priority}")
                    .slot_sharing_group(priority)
                    .set_buffer_timeout(settings.flink_status_buffer_timeout_ms))
-        # The call stages' status batches are split into records in Java; the gate's own
-        # statuses (drops, gap notices) join them there.
+        # The operators' status batches are split into records in Java.
         t_env.create_temporary_view(f"status_batches_{priority}",
                                     t_env.from_data_stream(gated.union(retried)))
-        statuses = t_env.sql_query(sql_statements(
+        statements.add_insert(f"status_out_{priority}", t_env.sql_query(sql_statements(
             "status_records.sql", settings, batches=f"status_batches_{priority}",
-            key_end_code=str(ord(KEY_END)), status_end_code=str(ord(STATUS_END)))[0])
-        statements.add_insert(f"status_out_{priority}", statuses.union_all(
-            t_env.from_data_stream(side_output(gated, STATUS_TAG))))
+            key_end_code=str(ord(KEY_END)), status_end_code=str(ord(STATUS_END)))[0]))
         # One conversion to the Table API per sink and class: each costs Java CPU per record.
         for sink, streams in (
                 (f"{retry}_out", (side_output(gated, RETRY_TAG),

@@ -47,8 +47,9 @@ one part while the next is decided. Measured (`bench/results/delivery_throughput
 of 256 with one ahead beat whole batches by 10-15 %; parts of 128 lose it again to the Redis
 round trips each part pays (its claim and its tokens; its settle rides in the next claim).
 
-Main output: status events of the calls; side outputs: status events of the gate (duplicate,
-expired, cancelled, gap notices), retry records and dead letters.
+Main output: status events, of the calls and of the gate's own (duplicate, expired, cancelled,
+gap notices), each batch's as one row (operators/rows.py: STATUS_BATCH); side outputs: retry
+records and dead letters.
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ from herald.models import Status, dead_letter, parse_notification
 from herald.settings import Settings
 from operators.lanes import log_order
 from operators.metrics import OperatorMetrics
-from operators.rows import DLQ_TAG, STATUS_TAG, keyed_payload, stage_rows
+from operators.rows import DLQ_TAG, keyed_payload, stage_rows, status_batch
 from operators.state import sweep, ttl_config
 from operators.threads import class_turns, run_at_class_priority
 from udfs.call_stage import (ACCEPTED_BEFORE_RESTART, EXPIRED_IN_FLIGHT,
@@ -80,6 +81,7 @@ from udfs.call_stage import (ACCEPTED_BEFORE_RESTART, EXPIRED_IN_FLIGHT,
 from udfs.markers import marker
 
 EXPIRED_DROP = object()  # an expired drop in a batch's outputs, told once its marker is read
+GATE_STATUS = object()  # a status event of the gate's own (a drop, a gap notice) in them
 SWEEP = "\x00sweep"  # the lane's next state sweep, kept among the users' deadlines
 # A user's state is kept under tenant, this and the user id: ids are chosen by tenants, and
 # "\x1f" never occurs in a valid id (herald.models), so no two tenants' users share a state.
@@ -113,15 +115,13 @@ def unpack(value) -> GateState | None:
     return pickle.loads(value)
 
 
-def expired_status(n, at: int, sent, in_flight) -> bytes:
+def expired_status(n, at: int, sent, in_flight) -> Status:
     """The status of a record dropped at the gate as expired, by its `sent` marker."""
     mark = marker(n)
     if mark in sent:
-        status = Status.of(n, states.DELIVERED, at, detail=ACCEPTED_BEFORE_RESTART)
-    else:
-        status = Status.of(n, states.EXPIRED, at, detail="dropped at the gate: expired" + (
-            EXPIRED_IN_FLIGHT if mark in in_flight else ""))
-    return keyed_payload(n.id, status.to_json())
+        return Status.of(n, states.DELIVERED, at, detail=ACCEPTED_BEFORE_RESTART)
+    return Status.of(n, states.EXPIRED, at, detail="dropped at the gate: expired" + (
+        EXPIRED_IN_FLIGHT if mark in in_flight else ""))
 
 
 class GateFunction(KeyedProcessFunction):
@@ -444,13 +444,13 @@ class GateFunction(KeyedProcessFunction):
             if reason == states.EXPIRED:  # its status once the batch's markers are read
                 out.append((EXPIRED_DROP, (n, at)))
                 continue
-            out.append((STATUS_TAG, keyed_payload(n.id, Status.of(
-                n, reason, at, detail=f"dropped at the gate: {reason}").to_json())))
+            out.append((GATE_STATUS, Status.of(n, reason, at,
+                                               detail=f"dropped at the gate: {reason}")))
         for first, last in decision.skipped:
             for n in decision.emit[:1]:
-                out.append((STATUS_TAG, keyed_payload(n.id, Status.of(n, states.ACCEPTED, at, detail=(
+                out.append((GATE_STATUS, Status.of(n, states.ACCEPTED, at, detail=(
                     f"seq gap {first}..{last} not received within {self.settings.gap_timeout_ms} ms;"
-                    " moved on")).to_json())))
+                    " moved on"))))
         for n in decision.emit:
             out.append((None, n))
 
@@ -462,7 +462,8 @@ class GateFunction(KeyedProcessFunction):
         self._keep_timer(deadlines, before, ctx)
 
     def _emit(self, out: list):
-        """Emit the gate's side outputs (and count its drops); return what it released.
+        """Emit the gate's own status events, as one row (and count its drops); return what
+        it released.
 
         An expired record is checked against its `sent` marker first (one Redis read for the
         batch's, only when it has some): after a restore, the records since the checkpoint
@@ -475,15 +476,17 @@ class GateFunction(KeyedProcessFunction):
         if self.drops:
             self.metrics.add(metric_counts(self.drops))
             self.drops.clear()
-        released = []
+        released, statuses = [], []
         for tag, value in out:
             if tag is None:
                 released.append(value)
-                continue
-            if tag is EXPIRED_DROP:
-                tag, value = STATUS_TAG, expired_status(*value, sent, in_flight)
+            elif tag is EXPIRED_DROP:
+                statuses.append(expired_status(*value, sent, in_flight))
+            else:
+                statuses.append(value)
+        if statuses:
             self.pause()
-            yield tag, value
+            yield status_batch(statuses)
         return released
 
     def _keep_timer(self, deadlines: dict, before: int | None, ctx) -> None:
