@@ -50,12 +50,14 @@ SYSTEMS = ("herald", "confluent", "quix")
 
 def quix_python() -> str:
     """The Quix venv's interpreter, made on first use (quixstreams pulls protobuf 6+, kept
-    away from PyFlink's venv)."""
-    py = QUIX_VENV / "bin" / "python"
+    away from PyFlink's venv) and brought up to date when its requirements change."""
+    py, wanted = QUIX_VENV / "bin" / "python", ROOT / "bench" / "requirements-quix.txt"
+    stamp = QUIX_VENV / ".installed"
     if not py.exists():
         subprocess.run([sys._base_executable, "-m", "venv", str(QUIX_VENV)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "-r",
-                        str(ROOT / "bench" / "requirements-quix.txt")], check=True)
+    if not stamp.exists() or stamp.stat().st_mtime < wanted.stat().st_mtime:
+        subprocess.run([str(py), "-m", "pip", "install", "-q", "-r", str(wanted)], check=True)
+        stamp.touch()
     return str(py)
 
 
