@@ -49,7 +49,7 @@ def latest_checkpoint(settings: Settings) -> str | None:
 
 
 def make_environments(settings: Settings, job_name: str, *, restore_from: str | None = None,
-                      parallelism: int | None = None):
+                      parallelism: int | None = None, skip_unmapped_state: bool = False):
     """A StreamExecutionEnvironment and its StreamTableEnvironment, configured from settings.
 
     Embedded (MiniCluster) and cluster submissions (`flink run -py`) use the same code: options
@@ -78,6 +78,8 @@ def make_environments(settings: Settings, job_name: str, *, restore_from: str | 
     conf.set_string("execution.checkpointing.dir", f"file://{checkpoint_dir(settings)}")
     if restore_from:
         conf.set_string("execution.state-recovery.path", restore_from)
+        if skip_unmapped_state:  # Flink's --allowNonRestoredState (docs/OPERATIONS.md: when)
+            conf.set_string("execution.state-recovery.ignore-unclaimed-state", "true")
     conf.set_string("execution.buffer-timeout", "5 ms")
     conf.set_string("pipeline.object-reuse", str(settings.flink_object_reuse).lower())
     if settings.flink_buffer_debloat_target_ms:
@@ -154,11 +156,15 @@ def run_job(job_name: str, build_pipeline, settings: Settings, argv: list[str] |
     parser.add_argument("--restore", metavar="PATH", default=None,
                         help="a checkpoint or savepoint to start from ('latest': the newest"
                              " retained checkpoint of an earlier run of this job)")
+    parser.add_argument("--allow-non-restored-state", action="store_true",
+                        help="start even if some of the snapshot's state has no operator in this"
+                             " version (Flink's --allowNonRestoredState; docs/OPERATIONS.md)")
     args, _ = parser.parse_known_args(argv)
     restore = latest_checkpoint(settings) if args.restore == "latest" else args.restore
     if restore:
         print(f"{job_name}: restoring from {restore}", flush=True)
     env, t_env = make_environments(settings, job_name, restore_from=restore,
-                                   parallelism=args.parallelism)
+                                   parallelism=args.parallelism,
+                                   skip_unmapped_state=args.allow_non_restored_state)
     build_pipeline(env, t_env, settings)
     env.execute(job_name)
