@@ -505,8 +505,8 @@ def typed_decode(raw: bytes | str | None, expected_priority: str | None,
     t = w.to
     if t is None:
         to = Contacts()
-    elif (_is_text(t.push_token) and _is_text(t.platform) and _is_text(t.phone)
-          and _is_text(t.email) and (t.platform is None or t.platform in states.PLATFORMS)
+    elif (_is_text(t.push_token) and _is_text(t.phone) and _is_text(t.email)
+          and (t.platform is None or t.platform in states.PLATFORMS)
           and (t.phone is None or is_phone(t.phone)) and (t.email is None or is_email(t.email))):
         to = Contacts(t.push_token, t.platform, t.phone, t.email)
     else:
@@ -570,4 +570,3 @@ def parse_notification(raw: bytes | str, *, expected_priority: str | None = None
         return n
     return notification_from_dict(load_object(raw), expected_priority=expected_priority,
                                   default_ttl_ms=default_ttl_ms)
-

@@ -10,8 +10,9 @@ from operators.threads import no_pause
 
 # (id, payload): the Kafka key and the JSON value of a status or dead-letter record.
 KEYED_PAYLOAD = Types.ROW_NAMED(["id", "payload"], [Types.STRING(), Types.STRING()])
-# (statuses): a call-stage batch's status events in one row, split into (id, payload) records
-# in Java by sql/status_records.sql: one crossing out of Python per batch, not one per status.
+# (statuses): an operator's status events of one batch in one row (the call stage's, and the
+# gate's own drops and gap notices), split into (id, payload) records in Java by
+# sql/status_records.sql: one crossing out of Python per batch, not one per status.
 # Each status is its id, KEY_END and its JSON; STATUS_END ends each. Neither occurs in either:
 # ids are printable (herald.models) and JSON escapes control characters.
 STATUS_BATCH = Types.ROW_NAMED(["statuses"], [Types.STRING()])
