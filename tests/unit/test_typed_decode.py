@@ -87,6 +87,8 @@ HOSTILE = {
         b',"campaign_id":"' + "\U0001F600".encode() * (MAX_ID_LENGTH + 1) + b'"'),
     "whitespace-only title": b'{"id":"a","tenant_id":"t-typed","user_id":"u","content":'
                              b'{"body":"b","title":" \\t"},"created_at":1796587573471}',
+    "content with neither body nor template": b'{"id":"a","tenant_id":"t-typed","user_id":"u",'
+                                              b'"content":{"title":"t"},"created_at":1796587573471}',
     "created_at in seconds": b'{"id":"a","tenant_id":"t-typed","user_id":"u","content":'
                              b'{"body":"b"},"created_at":1796587573}',
     "expires before created": with_fields(b',"expires_at":1796587573000'),
@@ -96,6 +98,7 @@ HOSTILE = {
     "a bad tenant": b'{"id":"a","tenant_id":"bad:tenant","user_id":"u",'
                     b'"content":{"body":"b"},"created_at":1796587573471}',
     "to null": with_fields(b',"to":null'),
+    "unknown platform": with_fields(b',"to":{"platform":"web"}'),
     "bad phone": with_fields(b',"to":{"phone":"+0123"}'),
     "bad email": with_fields(b',"to":{"email":"a@b"}'),
     "good phone and email": with_fields(b',"to":{"phone":"+15550100","email":"a@b.io"}'),
@@ -146,7 +149,8 @@ FIELDS = {
     ("to", "pager"): ([REMOVE], ["x"]),
     ("content",): ([{"body": "b"}, {"template": "t-1", "vars": {"a": [1, 2.5]}}], [None, [], REMOVE]),
     ("content", "title"): (["Hi", None, REMOVE], ["", " ", "x" * 1025]),
-    ("content", "body"): (["b", "x" * MAX_BODY_LENGTH], ["", "\t", "x" * (MAX_BODY_LENGTH + 1)]),
+    ("content", "body"): (["b", "x" * MAX_BODY_LENGTH],
+                          ["", "\t", "x" * (MAX_BODY_LENGTH + 1), REMOVE]),
     ("content", "data"): ([{"k": "v"}, {}, None, REMOVE], [{"k": 1}, ["k"]]),
     ("content", "vars"): ([{"a": {"b": [True, None]}}, None, REMOVE], [[1], "v", 2**70]),
     ("created_at",): ([CREATED], [1_796_587_573, 10**13, True, 1.7e12, REMOVE]),
@@ -162,7 +166,8 @@ FIELDS = {
 def records(draw, priority: str):
     """The contract's record of class ``priority`` with some fields changed: mostly to values
     it takes, at times to one that breaks a rule, or to anything at all."""
-    record = json.loads(json.dumps({**BASE, "priority": priority, "expires_at": CREATED + 1}))
+    record = json.loads(json.dumps({**BASE, "priority": priority, "expires_at": CREATED + 1,
+                                    "to": {"push_token": "tok", "platform": "ios"}}))
     for path in draw(st.lists(st.sampled_from(sorted(FIELDS)), max_size=4)):
         good, bad = FIELDS[path]
         value = draw(st.one_of(st.sampled_from(good), st.sampled_from(good),
