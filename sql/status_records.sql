@@ -1,4 +1,5 @@
--- A call stage's status batch rows (operators/rows.py: STATUS_BATCH) → one (id, payload)
+-- The delivery operators' status batch rows (operators/rows.py: STATUS_BATCH: the call stages'
+-- statuses and the gate's own) → one (id, payload)
 -- record per status event, in Java, for the status sink (sql/payload_sink.sql). Each status is
 -- its id, KEY_END (${key_end_code}) and its JSON, ended by STATUS_END (${status_end_code});
 -- the last split piece after the final STATUS_END is empty and dropped.
